@@ -1,0 +1,19 @@
+"""Explanation methods. Each shares the one verb `explain(inputs, target, roi=None, seed=..., ...)`."""
+from __future__ import annotations
+
+from typing import Any
+
+from segxai.errors import SegxaiError
+from segxai.methods.base import Explainer
+from segxai.methods.gradient import Saliency
+
+METHODS: dict[str, type[Explainer]] = {"saliency": Saliency}
+
+__all__ = ["Explainer", "METHODS", "Saliency", "get_method"]
+
+
+def get_method(name: str, model: Any, **params: Any) -> Explainer:
+    """Build a method by its CLI name, with a clear error listing the known names."""
+    if name not in METHODS:
+        raise SegxaiError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name](model, **params)

@@ -1,0 +1,37 @@
+"""Intensity normalisation the network was trained with, stored in its checkpoint and applied before explaining."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from segxai.errors import SegxaiError
+
+
+def normalize_intensity(image: np.ndarray, spec: dict[str, Any] | None) -> np.ndarray:
+    """Apply a normalisation `spec` to a `(C, *spatial)` image and return float32.
+
+    Kinds: {"kind": "window", "low": L, "high": H} clips to [L, H] and scales to [0, 1] (CT in HU);
+    {"kind": "zscore_nonzero"} z-scores each channel over its non-zero voxels (skull-stripped MRI);
+    {"kind": "scale", "factor": f} multiplies (8-bit photos: 1/255); {"kind": "none"} or None leaves values.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    kind = "none" if spec is None else spec.get("kind", "none")
+    if kind == "none":
+        return image
+    if kind == "window":
+        low, high = float(spec["low"]), float(spec["high"])
+        if not high > low:
+            raise SegxaiError(f"intensity window needs high > low, got [{low}, {high}]")
+        return ((np.clip(image, low, high) - low) / (high - low)).astype(np.float32)
+    if kind == "zscore_nonzero":
+        out = np.zeros_like(image)
+        for channel, values in enumerate(image):
+            inside = values != 0
+            if inside.any():
+                mean, std = values[inside].mean(), values[inside].std()
+                out[channel][inside] = (values[inside] - mean) / (std if std > 0 else 1.0)
+        return out
+    if kind == "scale":
+        return (image * float(spec["factor"])).astype(np.float32)
+    raise SegxaiError(f"unknown intensity normalisation {kind!r}; use window, zscore_nonzero, scale or none")

@@ -1,0 +1,172 @@
+"""Regions of interest: where perturbations may act, and the crop that computation may be limited to.
+
+An ROI is a boolean mask on the input's spatial grid. `crop_plan` turns an ROI into the smallest box that still
+gives exact results for it: the ROI's bounding box grown by the network's receptive field (measured with a
+gradient probe when not given), aligned to the network's down-sampling factor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from segxai.errors import SegxaiError
+from segxai.model import SegModel
+
+MaskLike = torch.Tensor | np.ndarray
+
+
+def as_roi(roi: MaskLike | None, spatial_shape: Sequence[int]) -> torch.Tensor | None:
+    """Validate an ROI against an input grid: boolean, same spatial shape, not empty."""
+    if roi is None:
+        return None
+    mask = roi.detach().cpu() if isinstance(roi, torch.Tensor) else torch.from_numpy(np.asarray(roi))
+    if tuple(mask.shape) != tuple(spatial_shape):
+        raise SegxaiError(f"the ROI has shape {tuple(mask.shape)} but the input grid is {tuple(spatial_shape)}")
+    mask = mask.bool()
+    if not bool(mask.any()):
+        raise SegxaiError("the ROI is empty: it selects no voxel")
+    return mask
+
+
+def from_mask(mask: MaskLike, margin: float = 0, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """An ROI from a mask, grown by `margin` (in voxels, or in mm when `spacing` is given)."""
+    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    array = array.astype(bool)
+    if not array.any():
+        raise SegxaiError("the ROI mask is empty: it selects no voxel")
+    if margin > 0:
+        distance = ndimage.distance_transform_edt(~array, sampling=spacing)
+        array = distance <= margin
+    return torch.from_numpy(array)
+
+
+def from_box(start: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    """An ROI from an axis-aligned box `start` + `size` (voxels per spatial axis) on a grid of `shape`."""
+    if not len(start) == len(size) == len(shape):
+        raise SegxaiError(f"box start {tuple(start)} and size {tuple(size)} must have one value per axis of {tuple(shape)}")
+    if any(s <= 0 for s in size):
+        raise SegxaiError(f"box size {tuple(size)} must be positive on every axis")
+    if any(not 0 <= b < n for b, n in zip(start, shape)):
+        raise SegxaiError(f"box start {tuple(start)} is outside the grid {tuple(shape)}")
+    mask = torch.zeros(tuple(shape), dtype=torch.bool)
+    mask[tuple(slice(b, b + s) for b, s in zip(start, size))] = True
+    return mask
+
+
+def from_prediction(model: SegModel, inputs: MaskLike, cls: int, margin: float = 0) -> torch.Tensor:
+    """An ROI from the model's own prediction of class `cls` on a single image, grown by `margin` voxels."""
+    labels = model.predict(inputs)
+    if labels.ndim != (model.spatial_dims or labels.ndim):
+        raise SegxaiError("from_prediction takes a single image (C, *spatial), not a batch")
+    predicted = labels == cls
+    if not bool(predicted.any()):
+        raise SegxaiError(f"the model predicts no voxel of class {cls}, so the ROI would be empty")
+    return from_mask(predicted.cpu(), margin)
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """A box on the input grid that computation may be limited to; `full` when it is the whole grid."""
+
+    slices: tuple[slice, ...]
+    shape: tuple[int, ...]
+    margin: tuple[int, ...] | None
+
+    @property
+    def full(self) -> bool:
+        return all(s.start == 0 and s.stop == n for s, n in zip(self.slices, self.shape))
+
+    @property
+    def crop_shape(self) -> tuple[int, ...]:
+        return tuple(s.stop - s.start for s in self.slices)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Crop the trailing spatial axes of `x`."""
+        return x[(..., *self.slices)]
+
+    def paste(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Put cropped `values` (`(..., *crop_shape)`) back onto the full grid, `fill` elsewhere."""
+        full = values.new_full((*values.shape[: values.ndim - len(self.shape)], *self.shape), fill)
+        full[(..., *self.slices)] = values
+        return full
+
+
+def receptive_field(model: SegModel, sample: torch.Tensor, probe: int = 8) -> tuple[int, ...] | None:
+    """Measure how far (in voxels, per axis) an output voxel sees into the input, by a gradient probe.
+
+    The gradient of the logits in a small central cube (side `probe`, so every down-sampling phase is
+    covered) is taken with respect to `sample` (a `(1, C, *spatial)` batch) and a random input; the support of
+    the gradient, minus the cube, is the receptive-field radius. Returns None when the support reaches every
+    border: instance norm, global pooling or attention make the whole input relevant, so no crop is exact.
+    """
+    spatial = tuple(sample.shape[2:])
+    centre = tuple(slice(max(0, n // 2 - probe // 2), min(n, n // 2 - probe // 2 + probe)) for n in spatial)
+    generator = torch.Generator().manual_seed(0)
+    support = torch.zeros(spatial, dtype=torch.bool)
+    for x in (sample, torch.randn(sample.shape, generator=generator)):
+        x = x.detach().to(model.device).float().requires_grad_(True)
+        logits = model(x).logits
+        (grad,) = torch.autograd.grad(logits[(slice(None), slice(None), *centre)].sum(), x)
+        support |= (grad.abs().sum(dim=(0, 1)) > 0).cpu()
+    if not bool(support.any()):
+        raise SegxaiError("the receptive-field probe found no gradient; give the margin explicitly")
+    radius = []
+    for axis, (n, box) in enumerate(zip(spatial, centre)):
+        present = support.any(dim=tuple(a for a in range(len(spatial)) if a != axis)).nonzero().flatten()
+        low, high = int(present.min()), int(present.max())
+        if low == 0 and high == n - 1:
+            return None
+        radius.append(max(box.start - low, high - (box.stop - 1), 0))
+    return tuple(radius)
+
+
+def crop_plan(
+    roi: MaskLike,
+    margin: int | Sequence[int] | None = None,
+    *,
+    model: SegModel | None = None,
+    sample: torch.Tensor | None = None,
+    multiple: int | Sequence[int] = 1,
+) -> CropPlan:
+    """The box covering `roi` plus `margin` voxels, aligned to `multiple` (the network's total stride).
+
+    Without `margin`, it is measured with `receptive_field(model, sample)`; when the receptive field is the
+    whole input the plan is the full grid (`plan.full` is True). The start is aligned down and the size up
+    to `multiple` so strided layers see the same sampling phase as on the full input.
+    """
+    mask = roi.detach().cpu().numpy() if isinstance(roi, torch.Tensor) else np.asarray(roi)
+    mask = mask.astype(bool)
+    shape = mask.shape
+    if not mask.any():
+        raise SegxaiError("the ROI is empty: it selects no voxel")
+    if margin is None:
+        if model is None or sample is None:
+            raise SegxaiError("crop_plan needs a margin, or a model and a sample input to measure it")
+        margin = receptive_field(model, sample)
+        if margin is None:
+            return CropPlan(tuple(slice(0, n) for n in shape), shape, None)
+    margins = _per_axis(margin, len(shape), "margin")
+    multiples = _per_axis(multiple, len(shape), "multiple")
+    if min(multiples) < 1:
+        raise SegxaiError(f"multiple must be at least 1, not {multiple!r}")
+    slices = []
+    for axis, (n, pad, step) in enumerate(zip(shape, margins, multiples)):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(len(shape)) if a != axis)))
+        start, stop = max(0, int(present[0]) - pad), min(n, int(present[-1]) + 1 + pad)
+        start -= start % step
+        stop = min(n, start + -(-(stop - start) // step) * step)
+        if (stop - start) % step:  # clipped by the border: move the start back instead
+            start = max(0, stop - -(-(stop - start) // step) * step)
+        slices.append(slice(start, stop))
+    return CropPlan(tuple(slices), shape, tuple(margins))
+
+
+def _per_axis(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    values = (int(value),) * ndim if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+    if len(values) != ndim or any(v < 0 for v in values):
+        raise SegxaiError(f"{name} must be a non-negative int or one per axis ({ndim}), not {value!r}")
+    return values

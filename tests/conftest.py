@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny deterministic networks in 2D and 3D."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+DIMS = [2, 3]
+
+
+def conv(dims: int, *args, **kwargs) -> nn.Module:
+    return (nn.Conv2d if dims == 2 else nn.Conv3d)(*args, **kwargs)
+
+
+def pointwise_net(dims: int, in_channels: int = 2, classes: int = 3, seed: int = 0) -> nn.Module:
+    """A linear per-voxel network: logits_k(p) = sum_c W[k, c] x_c(p) + b_k."""
+    torch.manual_seed(seed)
+    return conv(dims, in_channels, classes, kernel_size=1)
+
+
+def conv_stack(dims: int, layers: int = 3, in_channels: int = 1, classes: int = 2, norm: bool = False, seed: int = 0) -> nn.Module:
+    """`layers` 3-wide convolutions with padding: receptive-field radius = `layers`."""
+    torch.manual_seed(seed)
+    modules: list[nn.Module] = []
+    width = in_channels
+    for _ in range(layers - 1):
+        modules += [conv(dims, width, 4, kernel_size=3, padding=1), nn.Tanh()]
+        if norm:
+            modules.append((nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(4))
+        width = 4
+    modules.append(conv(dims, width, classes, kernel_size=3, padding=1))
+    return nn.Sequential(*modules)
+
+
+def grid(dims: int, size: int = 16) -> tuple[int, ...]:
+    return (size,) * dims
+
+
+@pytest.fixture(params=DIMS, ids=["2d", "3d"])
+def dims(request) -> int:
+    return request.param

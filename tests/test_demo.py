@@ -1,0 +1,32 @@
+"""The demo end to end (small and quick here) and the promise that `import segxai` stays light."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+from segxai.demo import run_demo
+
+
+def test_demo_writes_a_report_with_an_overlay_per_explained_target(tmp_path):
+    report = run_demo(tmp_path / "out", tmp_path / "cache", progress=False, steps={"abdomen": 150, "brain": 100},
+                      shapes={"abdomen": (32, 32, 24), "brain": (48, 48, 24)})
+    html = report.read_text()
+    images = re.findall(r'<img[^>]+src="([^"]+)"', html)
+    assert len(images) == 3  # liver, left kidney, one lesion
+    for source in images:
+        assert (report.parent / source).is_file()
+    assert "Reference models" in html and "segxai demo --out" in html
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "abdomen-32x32x24-150steps-v1.pt", "brain-48x48x24-100steps-v1.pt"]
+    started = time.perf_counter()
+    run_demo(tmp_path / "again", tmp_path / "cache", progress=False, steps={"abdomen": 150, "brain": 100},
+             shapes={"abdomen": (32, 32, 24), "brain": (48, 48, 24)})
+    assert time.perf_counter() - started < 60  # cached models are reused, not retrained
+
+
+def test_import_is_light_and_fast():
+    code = "import sys, time; t = time.perf_counter(); import segxai; print(time.perf_counter() - t, 'torch' in sys.modules)"
+    seconds, torch_loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert float(seconds) < 2.0 and torch_loaded == "False"

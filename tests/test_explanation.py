@@ -1,0 +1,97 @@
+"""Explanation helpers (normalising, binarising, channel reduction) and saving with the scan's geometry."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from segxai.errors import SegxaiError
+from segxai.explanation import Explanation
+from segxai.io import Image, load_image, save_array
+from tests.conftest import grid
+
+
+def make(dims: int, channels: int = 2, seed: int = 0, batched: bool = False) -> Explanation:
+    generator = torch.Generator().manual_seed(seed)
+    shape = ((3,) if batched else ()) + (channels, *grid(dims, 8))
+    mask = torch.zeros(grid(dims, 8), dtype=torch.bool)
+    mask[(slice(2, 5),) * dims] = True
+    return Explanation(
+        torch.randn(shape, generator=generator), {"method": "test", "seed": 0}, torch.rand(shape, generator=generator),
+        roi=None, target_mask=mask, batched=batched,
+    )
+
+
+def test_channel_reductions(dims):
+    e = make(dims)
+    a = e.attribution
+    assert torch.allclose(e.channel_map("sum"), a.sum(0))
+    assert torch.allclose(e.channel_map("abs"), a.abs().sum(0))
+    picked = e.channel_map("max_abs")
+    assert torch.equal(picked.abs(), a.abs().max(0).values)
+    with pytest.raises(SegxaiError, match="reduce"):
+        e.channel_map("mean")
+
+
+def test_normalized_keeps_the_original_and_scales(dims):
+    e = make(dims)
+    before = e.attribution.clone()
+    unit = e.normalized()
+    assert unit.min() == 0 and unit.max() == 1
+    signed = e.normalized(signed=True)
+    assert signed.abs().max() == 1 and torch.equal(torch.sign(signed), torch.sign(before))
+    assert torch.equal(e.attribution, before)
+    zero = Explanation(torch.zeros(1, *grid(dims, 4)))
+    assert zero.normalized().abs().sum() == 0 and zero.normalized(signed=True).abs().sum() == 0
+
+
+def test_binarize_by_threshold_and_top_k(dims):
+    e = make(dims)
+    values = e.channel_map()
+    scaled = (values - values.min()) / (values.max() - values.min())
+    assert torch.equal(e.binarize(threshold=0.5), scaled >= 0.5)
+    top = e.binarize(top_k=0.1)
+    count = round(0.1 * values.numel())
+    assert int(top.sum()) == count
+    assert values[top].min() >= values[~top].max()
+    with pytest.raises(SegxaiError, match="exactly one"):
+        e.binarize()
+    with pytest.raises(SegxaiError, match="fraction"):
+        e.binarize(top_k=5)
+
+
+def test_save_3d_keeps_the_reference_affine_and_values(tmp_path):
+    e = make(3)
+    affine = np.array([[0, -1.5, 0, 10], [2.0, 0, 0, -4], [0, 0, 3.0, 7], [0, 0, 0, 1]])
+    reference = save_array(np.zeros(grid(3, 8), np.float32), tmp_path / "scan.nii.gz", like=Image(np.zeros((1, *grid(3, 8))), affine, "nifti"))
+    written = e.save(tmp_path / "out", like=reference, channel_names=["flair", "t1"])
+    for index, name in enumerate(["flair", "t1"]):
+        nifti = nib.load(written[f"attribution_{name}"])
+        np.testing.assert_allclose(nifti.affine, affine)
+        np.testing.assert_allclose(np.asarray(nifti.dataobj), e.attribution[index].numpy(), rtol=1e-6)
+    assert load_image(written["attribution_flair"]).affine is not None
+    stats = json.loads(written["attribution_stats"].read_text())
+    assert stats["method"] == "test"
+    assert written["attribution_overlay"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
+
+
+def test_save_2d_writes_exact_values_and_pictures(tmp_path):
+    e = make(2)
+    written = e.save(tmp_path, channel_names=["R", "G"])
+    np.testing.assert_array_equal(np.load(written["attribution_R"]), e.attribution[0].numpy())
+    assert written["attribution_R_png"].exists() and written["attribution_overlay"].exists()
+
+
+def test_save_batched_writes_one_set_per_item(tmp_path):
+    e = make(2, batched=True)
+    written = e.save(tmp_path)
+    assert {"attribution_b0_c0", "attribution_b2_c1", "attribution_b1_overlay"} <= set(written)
+
+
+def test_save_checks_channel_names(tmp_path):
+    with pytest.raises(SegxaiError, match="channel names"):
+        make(2).save(tmp_path, channel_names=["only-one"])
