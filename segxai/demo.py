@@ -51,7 +51,7 @@ def run_demo(out_dir: str | Path = "demo_out", cache_dir: str | Path = ".segxai-
     from segxai.report import Figure, Section, write_report
     from segxai.targets import description_text
 
-    out, cache = Path(out_dir), Path(cache_dir)
+    out, cache = Path(out_dir).resolve(), Path(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     steps = {**TRAIN_STEPS, **(steps or {})}
     shapes = {**SHAPES, **(shapes or {})}

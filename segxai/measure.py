@@ -34,8 +34,7 @@ class Measure:
         self.interval = interval
         self.seconds = 0.0
         self.peak_memory_bytes = 0
-        self.forward_passes = 0
-        self.backward_passes = 0
+        self.counts: dict[str, int] = {}
 
     def __enter__(self) -> "Measure":
         self._counts = self.model.counts()
@@ -74,14 +73,20 @@ class Measure:
             self.peak_memory_bytes = self._peak - self._base
         else:
             self.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self._base
-        counts = self.model.counts()
-        self.forward_passes = counts["forward_passes"] - self._counts["forward_passes"]
-        self.backward_passes = counts["backward_passes"] - self._counts["backward_passes"]
+        after = self.model.counts()
+        self.counts = {key: after[key] - self._counts[key] for key in after}
+
+    @property
+    def forward_passes(self) -> int:
+        return self.counts.get("forward_passes", 0)
+
+    @property
+    def backward_passes(self) -> int:
+        return self.counts.get("backward_passes", 0)
 
     def as_stats(self) -> dict[str, Any]:
         return {
-            "forward_passes": self.forward_passes,
-            "backward_passes": self.backward_passes,
+            **self.counts,
             "seconds": round(self.seconds, 6),
             "peak_memory_bytes": int(max(self.peak_memory_bytes, 0)),
         }

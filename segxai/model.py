@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from segxai.errors import SegxaiError
+
+if TYPE_CHECKING:
+    from segxai.measure import Measure
 
 Activation = Literal["softmax", "sigmoid", "none"]
 ArrayLike = torch.Tensor | np.ndarray
@@ -124,7 +127,9 @@ class SegModel:
     It puts the network in eval mode, applies an optional inferer ("sliding_window" uses MONAI's
     `sliding_window_inference`, which keeps gradients), takes the full-resolution head of deep-supervision
     outputs, runs on `device` with optional autocast (`amp`, CUDA only), and counts forward and backward
-    passes in batch items. Calling it returns a `SegOutput`.
+    passes (`forward_calls`, `backward_calls`) and the batch items they carried (`forward_passes`,
+    `backward_passes`, the figures every explanation reports). Calling it returns a `SegOutput`;
+    `with model.measure() as cost:` also records seconds and peak memory.
     """
 
     def __init__(
@@ -161,8 +166,7 @@ class SegModel:
         self.in_channels = in_channels if in_channels is not None else getattr(first_conv, "in_channels", None)
         self.spatial_dims = spatial_dims if spatial_dims is not None else _conv_dims(first_conv)
         self._inferer = self._build_inferer(inferer, roi_size, sw_batch_size, overlap, blend_mode)
-        self.forward_passes = 0
-        self.backward_passes = 0
+        self.reset_counts()
 
     # ----------------------------------------------------------------------------------- running
     def __call__(self, x: torch.Tensor) -> SegOutput:
@@ -179,6 +183,7 @@ class SegModel:
                 "(check the channel count, and that spatial sizes fit the network, e.g. multiples of its stride)"
             ) from error
         logits = self._select_output(raw, x)
+        self.forward_calls += 1
         self.forward_passes += int(x.shape[0])
         if logits.requires_grad:
             logits.register_hook(self._count_backward(int(x.shape[0])))
@@ -197,14 +202,27 @@ class SegModel:
 
     # ----------------------------------------------------------------------------------- counting
     def reset_counts(self) -> None:
-        self.forward_passes = 0
-        self.backward_passes = 0
+        self.forward_calls = self.backward_calls = 0
+        self.forward_passes = self.backward_passes = 0
 
     def counts(self) -> dict[str, int]:
-        return {"forward_passes": self.forward_passes, "backward_passes": self.backward_passes}
+        """Passes in batch items (`*_passes`) and in calls (`*_calls`) since the last reset."""
+        return {
+            "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
+            "forward_calls": self.forward_calls,
+            "backward_calls": self.backward_calls,
+        }
+
+    def measure(self) -> "Measure":
+        """A context manager recording seconds, peak memory and the passes run inside it."""
+        from segxai.measure import Measure
+
+        return Measure(self)
 
     def _count_backward(self, items: int) -> Callable[[torch.Tensor], None]:
         def hook(_grad: torch.Tensor) -> None:
+            self.backward_calls += 1
             self.backward_passes += items
 
         return hook

@@ -18,6 +18,16 @@ def pointwise_net(dims: int, in_channels: int = 2, classes: int = 3, seed: int =
     return conv(dims, in_channels, classes, kernel_size=1)
 
 
+def threshold_net(dims: int) -> nn.Module:
+    """A 1x1 two-class network predicting class 1 exactly where the single input channel is positive."""
+    net = pointwise_net(dims, in_channels=1, classes=2)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.zero_()
+        net.weight[1, 0] = 1.0
+    return net
+
+
 def conv_stack(dims: int, layers: int = 3, in_channels: int = 1, classes: int = 2, norm: bool = False, seed: int = 0) -> nn.Module:
     """`layers` 3-wide convolutions with padding: receptive-field radius = `layers`."""
     torch.manual_seed(seed)

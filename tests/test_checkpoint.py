@@ -6,7 +6,13 @@ import pickle
 import pytest
 import torch
 
-from segxai.checkpoint import build_network, load_checkpoint, network_config, save_checkpoint, total_stride
+from segxai.checkpoint import (
+    build_network,
+    load_checkpoint,
+    network_config,
+    save_checkpoint,
+    total_stride,
+)
 from segxai.errors import SegxaiError
 
 

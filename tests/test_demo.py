@@ -9,8 +9,9 @@ import time
 from segxai.demo import run_demo
 
 
-def test_demo_writes_a_report_with_an_overlay_per_explained_target(tmp_path):
-    report = run_demo(tmp_path / "out", tmp_path / "cache", progress=False, steps={"abdomen": 150, "brain": 100},
+def test_demo_writes_a_report_with_an_overlay_per_explained_target(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative output paths, as `make demo` uses
+    report = run_demo("out", "cache", progress=False, steps={"abdomen": 150, "brain": 100},
                       shapes={"abdomen": (32, 32, 24), "brain": (48, 48, 24)})
     html = report.read_text()
     images = re.findall(r'<img[^>]+src="([^"]+)"', html)

@@ -12,7 +12,14 @@ import PIL.Image
 import pytest
 
 from segxai.errors import SegxaiError
-from segxai.io import Image, atomic_write, load_image, load_mask, prepare_output_dir, save_array
+from segxai.io import (
+    Image,
+    atomic_write,
+    load_image,
+    load_mask,
+    prepare_output_dir,
+    save_array,
+)
 
 AFFINE = np.array(
     [[-0.5, 0.0, 0.0, 90.25], [0.0, 0.75, 0.0, -126.5], [0.0, 0.0, 2.0, -72.0], [0.0, 0.0, 0.0, 1.0]]

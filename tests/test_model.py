@@ -71,13 +71,16 @@ def test_forward_and_backward_passes_are_counted_exactly(dims):
     out = model(x2)
     with torch.no_grad():
         model(x3)
-    assert model.counts() == {"forward_passes": 5, "backward_passes": 0}
+    assert model.counts() == {"forward_passes": 5, "backward_passes": 0, "forward_calls": 2, "backward_calls": 0}
     score = out.logits.sum()
-    score.backward(retain_graph=True)
-    score.backward()
-    assert model.counts() == {"forward_passes": 5, "backward_passes": 4}
+    with model.measure() as cost:
+        score.backward(retain_graph=True)
+        score.backward()
+    assert model.counts() == {"forward_passes": 5, "backward_passes": 4, "forward_calls": 2, "backward_calls": 2}
+    assert (cost.forward_passes, cost.backward_passes, cost.counts["backward_calls"]) == (0, 4, 2)
+    assert cost.seconds > 0 and cost.peak_memory_bytes >= 0
     model.reset_counts()
-    assert model.counts() == {"forward_passes": 0, "backward_passes": 0}
+    assert set(model.counts().values()) == {0}
 
 
 class DeepSupervision(nn.Module):

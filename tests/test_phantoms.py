@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from segxai.data.phantoms import Phantom, abdomen_phantom, brain_phantom, phantom_dataset
+from segxai.data.phantoms import (
+    Phantom,
+    abdomen_phantom,
+    brain_phantom,
+    phantom_dataset,
+)
 from segxai.errors import SegxaiError
 
 ABDOMEN_SHAPES = [(64, 64), (96, 80), (48, 48, 24)]

@@ -13,7 +13,14 @@ import pytest
 from PIL import Image
 
 from segxai.errors import SegxaiError
-from segxai.report import Figure, Section, choose_slice, save_montage, save_overlay, write_report
+from segxai.report import (
+    Figure,
+    Section,
+    choose_slice,
+    save_montage,
+    save_overlay,
+    write_report,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPATIAL = {"2d": (24, 32), "3d": (24, 32, 12)}

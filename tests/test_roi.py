@@ -8,7 +8,7 @@ import torch
 import segxai as sx
 from segxai import roi as R
 from segxai.errors import SegxaiError
-from tests.conftest import conv_stack, grid, pointwise_net
+from tests.conftest import conv_stack, grid, threshold_net
 
 
 def test_from_mask_margin_is_euclidean(dims):
@@ -31,11 +31,7 @@ def test_from_box(dims):
 
 
 def test_from_prediction_follows_the_model(dims):
-    net = pointwise_net(dims, in_channels=1, classes=2)
-    with torch.no_grad():
-        net.weight.zero_()
-        net.bias.zero_()
-        net.weight[1, 0] = 1.0
+    net = threshold_net(dims)
     x = -torch.ones(1, *grid(dims, 8))
     x[(0, *(slice(2, 4),) * dims)] = 1.0
     roi = R.from_prediction(sx.SegModel(net), x, cls=1)

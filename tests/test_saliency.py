@@ -8,7 +8,7 @@ import torch
 import segxai as sx
 from segxai import targets as T
 from segxai.errors import SegxaiError
-from tests.conftest import conv, grid, pointwise_net
+from tests.conftest import conv, grid, pointwise_net, threshold_net
 
 
 def region(dims: int, size: int = 8) -> torch.Tensor:
@@ -68,11 +68,7 @@ def test_roi_zeroes_the_map_outside(dims):
 
 
 def test_instance_target_keeps_its_footprint_for_overlays(dims):
-    net = pointwise_net(dims, in_channels=1, classes=2)
-    with torch.no_grad():
-        net.weight.zero_()
-        net.bias.zero_()
-        net.weight[1, 0] = 1.0
+    net = threshold_net(dims)
     x = -torch.ones(1, *grid(dims, 10))
     x[(0, *(slice(1, 3),) * dims)] = 1.0
     x[(0, *(slice(6, 9),) * dims)] = 1.0

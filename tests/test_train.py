@@ -37,7 +37,7 @@ def test_dice_per_class():
 
 
 def test_bad_training_data_is_a_clear_error():
-    image, labels = np.zeros((1, 32, 32), np.float32), np.zeros((32, 32), np.int64)
+    image = np.zeros((1, 32, 32), np.float32)
     with pytest.raises(SegxaiError, match="same, non-zero number"):
         train_segmenter([image], [], names={1: "x"})
     with pytest.raises(SegxaiError, match="label map 0"):

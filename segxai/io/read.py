@@ -10,10 +10,18 @@ import numpy as np
 import PIL.Image
 
 from segxai.errors import SegxaiError
-from segxai.io.dicom import read_dicom, dicom_directory_files
+from segxai.io.dicom import dicom_directory_files, read_dicom
 from segxai.io.image import (
-    AFFINE_TOLERANCE_MM, LABEL_TOLERANCE, Image, PathLike, affines_differ, check_exists, describe, file_kind,
-    reading, file_stem,
+    AFFINE_TOLERANCE_MM,
+    LABEL_TOLERANCE,
+    Image,
+    PathLike,
+    affines_differ,
+    check_exists,
+    describe,
+    file_kind,
+    file_stem,
+    reading,
 )
 
 _GRAY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}

@@ -11,7 +11,8 @@ import PIL.Image
 from segxai.atomic import atomic_write
 from segxai.errors import SegxaiError
 from segxai.io.image import Image, PathLike, check_exists, file_kind, reading
-from segxai.io.read import nifti_spatial, load_image
+from segxai.io.read import load_image, nifti_spatial
+
 
 def save_array(array: np.ndarray, path: PathLike, like: Image | PathLike | None = None) -> Path:
     """Write a spatial (2D or 3D) array as `.nii`/`.nii.gz` (with `like`'s affine), `.png` or `.npy`, atomically.

@@ -14,7 +14,6 @@ from torch import nn
 
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
-from segxai.measure import Measure
 from segxai.model import SegModel, SegOutput
 from segxai.roi import as_roi
 from segxai.targets import Target, as_target
@@ -51,25 +50,29 @@ class Explainer:
         target: Target | Callable[[SegOutput], torch.Tensor],
         roi: torch.Tensor | np.ndarray | None = None,
         *,
-        seed: int = 0,
+        seed: int | None = None,
         batch_size: int | str = "auto",
         progress: bool = True,
     ) -> Explanation:
-        """Explain `target` on `inputs` (`(C, *spatial)` or `(B, C, *spatial)`), optionally only inside `roi`."""
+        """Explain `target` on `inputs` (`(C, *spatial)` or `(B, C, *spatial)`), optionally only inside `roi`.
+
+        Every random draw comes from `seed` (None means 0), so the same call gives the same map.
+        """
+        seed = 0 if seed is None else int(seed)
         x, batched = self.model.prepare(inputs)
         target = as_target(target)
         roi_mask = as_roi(roi, x.shape[2:])
         context = Context(
-            generator=torch.Generator().manual_seed(int(seed)),
+            generator=torch.Generator().manual_seed(seed),
             batch_size=resolve_batch_size(batch_size, x, self.model.device),
             progress=progress,
         )
-        with Measure(self.model) as cost:
+        with self.model.measure() as cost:
             attribution, footprint = self._attribute(x, target, roi_mask, context)
         stats = {
             "method": self.name,
             "params": self.params(),
-            "seed": int(seed),
+            "seed": seed,
             "target": target.describe(),
             **cost.as_stats(),
             "batch_size": context.batch_size,

@@ -6,8 +6,8 @@ from typing import Any
 import torch
 
 from segxai.errors import SegxaiError
-from segxai.model import SegModel
 from segxai.methods.base import Context, Explainer, target_footprint
+from segxai.model import SegModel
 from segxai.targets import Target, evaluate
 
 

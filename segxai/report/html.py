@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from segxai.errors import SegxaiError
 from segxai.atomic import write_bytes
+from segxai.errors import SegxaiError
 
 if TYPE_CHECKING:
     from jinja2 import Environment

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from segxai.errors import SegxaiError
 from segxai.atomic import write_bytes
+from segxai.errors import SegxaiError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
