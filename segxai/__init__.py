@@ -17,6 +17,8 @@ _LAZY_ATTRIBUTES = {
     "Explanation": "segxai.explanation",
     "SegxaiError": "segxai.errors",
     "Saliency": "segxai.methods",
+    "Occlusion": "segxai.methods",
+    "RISE": "segxai.methods",
 }
 _LAZY_MODULES = {"targets", "roi", "io", "data", "methods", "metrics", "report", "train", "errors", "model", "explanation"}
 

@@ -185,6 +185,7 @@ class SegModel:
         logits = self._select_output(raw, x)
         self.forward_calls += 1
         self.forward_passes += int(x.shape[0])
+        self.forward_voxels += int(x.shape[0]) * int(x[0, 0].numel())
         if logits.requires_grad:
             logits.register_hook(self._count_backward(int(x.shape[0])))
         return SegOutput(logits, self.activation, self.threshold)
@@ -204,11 +205,14 @@ class SegModel:
     def reset_counts(self) -> None:
         self.forward_calls = self.backward_calls = 0
         self.forward_passes = self.backward_passes = 0
+        self.forward_voxels = 0
 
     def counts(self) -> dict[str, int]:
-        """Passes in batch items (`*_passes`) and in calls (`*_calls`) since the last reset."""
+        """Passes in batch items (`*_passes`), in calls (`*_calls`), and the input voxels the forward passes
+        carried (`forward_voxels`: the hardware-independent cost of cropped computation) since the last reset."""
         return {
             "forward_passes": self.forward_passes,
+            "forward_voxels": self.forward_voxels,
             "backward_passes": self.backward_passes,
             "forward_calls": self.forward_calls,
             "backward_calls": self.backward_calls,

@@ -87,9 +87,11 @@ def explain_files(
     prediction = model.predict(x[0]).cpu().numpy()
     extension = ".nii.gz" if image.kind in ("nifti", "dicom") or image.spatial_dims == 3 else ".png"
     like = image if extension == ".nii.gz" else None
-    share = modality_share(explanation, list(image.channel_names))
+    channels = explanation.attribution.shape[0]
+    names = list(image.channel_names) if channels == len(image.channel_names) else ["all"] * channels
+    share = modality_share(explanation, names) if channels == len(image.channel_names) else {}
     explanation.stats["modality_share"] = share
-    written = explanation.save(out, like=like, channel_names=list(image.channel_names))
+    written = explanation.save(out, like=like, channel_names=names)
     written["prediction"] = save_array(prediction.astype(np.uint8), out / f"prediction{extension}", like=like)
     written["report"] = _write_report(out, explanation, written, config, share, title or f"{method} of {target}", command)
     return FileExplanation(explanation, image, prediction, written, share)

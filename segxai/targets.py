@@ -37,6 +37,18 @@ class Target:
         """A JSON-friendly description for explanation stats and reports."""
         return {"target": type(self).__name__}
 
+    def support(self, spatial_shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The output voxels a bound target reads (a spatial bool mask), or None when it may read any voxel.
+
+        Perturbation methods use it to limit computation to a crop that keeps these voxels exact.
+        """
+        return None
+
+    def crop(self, box: tuple[slice, ...]) -> "Target | None":
+        """The same bound target on an output cropped to `box` (which must contain its `support`), when it
+        can be expressed there; None otherwise, and callers then score the full grid."""
+        return None
+
 
 class FunctionTarget(Target):
     """Wraps a plain callable `output -> (B,) scores`."""
@@ -117,6 +129,14 @@ class ClassRegion(Target):
         weights = _fit_mask(self.mask, output, "mask").flatten(1).to(values.dtype)
         total = (flat * weights).sum(1)
         return total if self.reduce == "sum" else total / weights.sum(1)
+
+    def support(self, spatial_shape: tuple[int, ...]) -> torch.Tensor | None:
+        return None if self.mask is None else _spatial_union(self.mask, spatial_shape)
+
+    def crop(self, box: tuple[slice, ...]) -> Target | None:
+        if self.mask is None or self.from_prediction:
+            return None
+        return ClassRegion(self.cls, self.mask[(..., *box)], self.score, self.reduce)
 
     def describe(self) -> dict[str, Any]:
         region = "predicted region" if self.from_prediction else "class channel"
@@ -217,6 +237,16 @@ class Voxel(Target):
         values = output.class_logit(self.cls) if self.score == "logit" else output.class_prob(self.cls)
         return values[(slice(None), *self.position)]
 
+    def support(self, spatial_shape: tuple[int, ...]) -> torch.Tensor | None:
+        mask = torch.zeros(spatial_shape, dtype=torch.bool)
+        mask[self.position] = True
+        return mask
+
+    def crop(self, box: tuple[slice, ...]) -> Target | None:
+        if not all(b.start <= p < b.stop for p, b in zip(self.position, box)):
+            return None
+        return Voxel(self.cls, [p - b.start for p, b in zip(self.position, box)], self.score)
+
     def describe(self) -> dict[str, Any]:
         return {"target": "Voxel", "cls": self.cls, "position": list(self.position), "score": self.score}
 
@@ -267,6 +297,15 @@ class RegionDice(Target):
         dice = 2.0 * (pred * ref).sum(1) / denominator.clamp_min(1e-12)
         return torch.where(denominator > 0, dice, torch.full_like(dice, self.empty_score))
 
+    def support(self, spatial_shape: tuple[int, ...]) -> torch.Tensor | None:
+        return None if self.region is None else _spatial_union(self.region, spatial_shape)
+
+    def crop(self, box: tuple[slice, ...]) -> Target | None:
+        if self.region is None or self.reference is None:
+            return None
+        window = (..., *box)
+        return RegionDice(self.cls, self.region[window], self.reference[window], self.soft, self.empty_score)
+
     def describe(self) -> dict[str, Any]:
         reference = "prediction" if self.reference is None else f"mask of {int(self.reference.sum())} voxels"
         region = "whole output" if self.region is None else f"mask of {int(self.region.sum())} voxels"
@@ -285,6 +324,14 @@ class Contrast(Target):
 
     def __call__(self, output: SegOutput) -> torch.Tensor:
         return self.a(output) - self.b(output)
+
+    def support(self, spatial_shape: tuple[int, ...]) -> torch.Tensor | None:
+        a, b = self.a.support(spatial_shape), self.b.support(spatial_shape)
+        return None if a is None or b is None else a | b
+
+    def crop(self, box: tuple[slice, ...]) -> Target | None:
+        a, b = self.a.crop(box), self.b.crop(box)
+        return None if a is None or b is None else Contrast(a, b)
 
     def describe(self) -> dict[str, Any]:
         return {"target": "Contrast", "a": self.a.describe(), "b": self.b.describe()}
@@ -323,6 +370,11 @@ def _as_bool_tensor(mask: MaskLike, name: str, allow_empty: bool = False) -> tor
     if not allow_empty and not bool(tensor.any()):
         raise SegxaiError(f"the target {name} is empty: it selects no voxel")
     return tensor
+
+
+def _spatial_union(mask: torch.Tensor, spatial_shape: tuple[int, ...]) -> torch.Tensor:
+    """A `(*spatial)` or `(B, *spatial)` mask as one spatial mask (the union over batch items)."""
+    return mask.reshape(-1, *spatial_shape).any(0).cpu()
 
 
 def _fit_mask(mask: torch.Tensor, output: SegOutput, name: str) -> torch.Tensor:

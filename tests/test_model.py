@@ -71,12 +71,15 @@ def test_forward_and_backward_passes_are_counted_exactly(dims):
     out = model(x2)
     with torch.no_grad():
         model(x3)
-    assert model.counts() == {"forward_passes": 5, "backward_passes": 0, "forward_calls": 2, "backward_calls": 0}
+    voxels = 5 * 8**dims
+    assert model.counts() == {"forward_passes": 5, "forward_voxels": voxels, "backward_passes": 0, "forward_calls": 2,
+                              "backward_calls": 0}
     score = out.logits.sum()
     with model.measure() as cost:
         score.backward(retain_graph=True)
         score.backward()
-    assert model.counts() == {"forward_passes": 5, "backward_passes": 4, "forward_calls": 2, "backward_calls": 2}
+    assert model.counts() == {"forward_passes": 5, "forward_voxels": voxels, "backward_passes": 4, "forward_calls": 2,
+                              "backward_calls": 2}
     assert (cost.forward_passes, cost.backward_passes, cost.counts["backward_calls"]) == (0, 4, 2)
     assert cost.seconds > 0 and cost.peak_memory_bytes >= 0
     model.reset_counts()

@@ -193,3 +193,17 @@ def test_parse_target(spec, kind, fields):
 def test_parse_target_errors(spec):
     with pytest.raises(SegxaiError):
         T.parse_target(spec)
+
+
+def test_support_names_the_voxels_a_bound_target_reads(dims):
+    out = instance_output(dims)
+    shape = grid(dims, 12)
+    footprint = T.Instance(1, 2).bind(out).support(shape)
+    assert torch.equal(footprint, T.Instance(1, 2).footprint(out).cpu())
+    assert T.ClassRegion(1).support(shape) is None and T.RegionDice(1).bind(out).support(shape) is None
+    voxel = T.Voxel(1, (3,) * dims).support(shape)
+    assert int(voxel.sum()) == 1 and bool(voxel[(3,) * dims])
+    region = torch.from_numpy(blobs(dims))
+    contrast = T.Contrast(T.ClassRegion(1, region), T.Voxel(1, (4,) * dims)).support(shape)
+    assert int(contrast.sum()) == int(region.sum()) + 1
+    assert T.Contrast(T.ClassRegion(1, region), T.ClassRegion(1)).support(shape) is None

@@ -6,10 +6,11 @@ from typing import Any
 from segxai.errors import SegxaiError
 from segxai.methods.base import Explainer
 from segxai.methods.gradient import Saliency
+from segxai.methods.perturb import RISE, Occlusion
 
-METHODS: dict[str, type[Explainer]] = {"saliency": Saliency}
+METHODS: dict[str, type[Explainer]] = {"saliency": Saliency, "occlusion": Occlusion, "rise": RISE}
 
-__all__ = ["Explainer", "METHODS", "Saliency", "get_method"]
+__all__ = ["Explainer", "METHODS", "Occlusion", "RISE", "Saliency", "get_method"]
 
 
 def get_method(name: str, model: Any, **params: Any) -> Explainer:

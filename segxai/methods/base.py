@@ -39,6 +39,7 @@ class Explainer:
 
     def __init__(self, model: SegModel | nn.Module) -> None:
         self.model = as_segmodel(model)
+        self.run_stats: dict[str, Any] = {}
 
     def params(self) -> dict[str, Any]:
         """The method's settings, recorded in `Explanation.stats`."""
@@ -67,6 +68,7 @@ class Explainer:
             batch_size=resolve_batch_size(batch_size, x, self.model.device),
             progress=progress,
         )
+        self.run_stats = {}
         with self.model.measure() as cost:
             attribution, footprint = self._attribute(x, target, roi_mask, context)
         stats = {
@@ -78,6 +80,7 @@ class Explainer:
             "batch_size": context.batch_size,
             "device": str(self.model.device),
             "roi_voxels": None if roi_mask is None else int(roi_mask.sum()),
+            **self.run_stats,
         }
         attribution = attribution.detach().float().cpu()
         inputs_cpu = x.detach().cpu()
@@ -89,7 +92,8 @@ class Explainer:
     def _attribute(
         self, x: torch.Tensor, target: Target, roi: torch.Tensor | None, context: Context
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the `(B, C, *spatial)` attribution and the target's footprint `(B, *spatial)` if it has one."""
+        """Return the `(B, C, *spatial)` attribution and the target's footprint `(B, *spatial)` if it has one;
+        method-specific figures for the stats go in `self.run_stats`."""
         raise NotImplementedError
 
 

@@ -1,0 +1,6 @@
+"""Perturbation methods on one batched engine: regions x fill x estimator, ROI-restricted and cropped."""
+from segxai.methods.perturb.base import PerturbationMethod
+from segxai.methods.perturb.occlusion import Occlusion
+from segxai.methods.perturb.rise import RISE
+
+__all__ = ["Occlusion", "PerturbationMethod", "RISE"]

@@ -1,0 +1,28 @@
+"""Occlusion (Zeiler & Fergus 2014) for segmentation, N-D, optionally restricted to an ROI (XAI-CLIP)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from segxai.methods.perturb.base import PerturbationMethod
+from segxai.methods.perturb.estimators import Difference
+from segxai.methods.perturb.regions import SlidingWindows
+
+
+class Occlusion(PerturbationMethod):
+    """Slide a `window` every `stride` voxels (ints or per-axis tuples), replace it with the fill, and give each
+    voxel the mean score drop over the windows covering it. With an ROI only windows touching it are run."""
+
+    name = "occlusion"
+
+    def __init__(self, model, window: int | Sequence[int] = 8, stride: int | Sequence[int] = 8, **options) -> None:
+        super().__init__(model, **options)
+        self.window, self.stride = window, stride
+
+    def params(self) -> dict[str, Any]:
+        return {"window": self.window, "stride": self.stride, **super().params()}
+
+    def _regions(self, shape, roi, context):
+        return SlidingWindows(shape, self.window, self.stride, roi)
+
+    def _estimator(self, ref, regions):
+        return Difference(ref.score)

@@ -1,0 +1,113 @@
+"""Region generators: families of perturbation masks on the input grid (1 = replace by the fill, 0 = keep).
+
+Masks are rendered lazily, one batch at a time, so a 3D occlusion with thousands of windows never holds them
+all in memory. With an ROI, only regions touching it are generated (the XAI-CLIP restriction).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from segxai.errors import SegxaiError
+
+
+class Regions:
+    """Base class: `len(regions)` masks; `masks(start, stop)` renders `(n, *spatial)` float masks in [0, 1]."""
+
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def masks(self, start: int, stop: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def features(self, start: int, stop: int) -> torch.Tensor | None:
+        """Interpretable on/off features of each sample (LIME); None for region families without them."""
+        return None
+
+
+def per_axis(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    """Broadcast an int to every spatial axis, or check a per-axis tuple (MONAI style)."""
+    values = (int(value),) * ndim if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(values) != ndim or min(values) < 1:
+        raise SegxaiError(f"{name} must be a positive int or one positive int per spatial axis ({ndim}), not {value!r}")
+    return values
+
+
+class SlidingWindows(Regions):
+    """Boxes of size `window` every `stride` voxels (Captum's placement: floor((n - w) / s) + 1 per axis).
+
+    With `roi`, only windows that touch it are kept; the count is found with one max-pool over the ROI.
+    """
+
+    def __init__(self, shape: Sequence[int], window: int | Sequence[int], stride: int | Sequence[int],
+                 roi: torch.Tensor | None = None) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.window = per_axis(window, len(self.shape), "window")
+        self.stride = per_axis(stride, len(self.shape), "stride")
+        if any(w > n for w, n in zip(self.window, self.shape)):
+            raise SegxaiError(f"window {self.window} is larger than the input grid {self.shape}")
+        counts = [(n - w) // s + 1 for n, w, s in zip(self.shape, self.window, self.stride)]
+        if roi is None:
+            keep = torch.ones(counts, dtype=torch.bool)
+        else:
+            pool = (F.max_pool2d, F.max_pool3d)[len(self.shape) - 2]
+            keep = pool(roi.float()[None, None], self.window, self.stride)[0, 0] > 0
+        self.corners = torch.stack(torch.nonzero(keep, as_tuple=True), dim=1) * torch.tensor(self.stride)
+
+    def __len__(self) -> int:
+        return int(self.corners.shape[0])
+
+    def masks(self, start: int, stop: int) -> torch.Tensor:
+        corners = self.corners[start:stop]
+        masks = torch.zeros((len(corners), *self.shape))
+        for index, corner in enumerate(corners.tolist()):
+            masks[(index, *(slice(c, c + w) for c, w in zip(corner, self.window)))] = 1.0
+        return masks
+
+
+class RiseMasks(Regions):
+    """RISE masks (Petsiuk et al. 2018): a random binary `grid`^d with P(keep) = `p`, upsampled smoothly to
+    (grid + 1) cells and cropped at a random shift. With `roi`, masks live on the ROI's bounding box, so cells
+    shrink to the region and the masks vary only where it matters. All draws come from `generator`."""
+
+    def __init__(self, shape: Sequence[int], n_masks: int, grid: int = 7, p: float = 0.5, *,
+                 generator: torch.Generator, roi: torch.Tensor | None = None) -> None:
+        if n_masks < 1 or not 0 < p < 1 or grid < 1:
+            raise SegxaiError(f"RISE needs n_masks >= 1, grid >= 1 and 0 < p < 1 (got {n_masks}, {grid}, {p})")
+        self.shape = tuple(int(n) for n in shape)
+        self.p = float(p)
+        self.box = _bounding_box(roi) if roi is not None else tuple(slice(0, n) for n in self.shape)
+        size = tuple(b.stop - b.start for b in self.box)
+        self.cell = tuple(math.ceil(n / grid) for n in size)
+        self.grids = (torch.rand((n_masks, *(grid,) * len(size)), generator=generator) < p).float()
+        self.shifts = torch.stack([torch.randint(0, c, (n_masks,), generator=generator) for c in self.cell], 1)
+        self.size = size
+
+    def __len__(self) -> int:
+        return int(self.grids.shape[0])
+
+    def masks(self, start: int, stop: int) -> torch.Tensor:
+        grids = self.grids[start:stop, None]
+        mode = "bilinear" if len(self.size) == 2 else "trilinear"
+        upsampled = F.interpolate(grids, size=tuple((g + 1) * c for g, c in zip(grids.shape[2:], self.cell)),
+                                  mode=mode, align_corners=False)[:, 0]
+        keep = torch.stack([
+            upsampled[(i, *(slice(s, s + n) for s, n in zip(shift, self.size)))]
+            for i, shift in enumerate(self.shifts[start:stop].tolist())
+        ])
+        masks = torch.zeros((len(keep), *self.shape))
+        masks[(slice(None), *self.box)] = 1.0 - keep
+        return masks
+
+
+def _bounding_box(mask: torch.Tensor) -> tuple[slice, ...]:
+    boxes = []
+    for axis in range(mask.ndim):
+        present = torch.nonzero(mask.any(dim=tuple(a for a in range(mask.ndim) if a != axis))).flatten()
+        boxes.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(boxes)
