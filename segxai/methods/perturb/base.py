@@ -33,6 +33,10 @@ class PerturbationMethod(Explainer):
     def _regions(self, shape: tuple[int, ...], roi: torch.Tensor | None, context: Context) -> Regions:
         raise NotImplementedError
 
+    def _item_regions(self, ref: engine.Reference, roi: torch.Tensor | None, context: Context) -> Regions:
+        """The regions for one input: from its grid, unless a method's regions follow the image (LIME)."""
+        return self._regions(tuple(ref.x.shape[2:]), roi, context)
+
     def _estimator(self, ref: engine.Reference, regions: Regions) -> Estimator:
         raise NotImplementedError
 
@@ -41,7 +45,7 @@ class PerturbationMethod(Explainer):
         for item in x.split(1):
             ref = engine.reference(self.model, item, target, roi, self.outside)
             crop = engine.plan_crop(self.model, ref, roi, self.crop)
-            regions = self._regions(tuple(item.shape[2:]), roi, context)
+            regions = self._item_regions(ref, roi, context)
             fill = make_fill(self.fill, ref.x, generator=context.generator, pool=self.pool)
             attribution = engine.run(self.model, ref, regions, fill, self._estimator(ref, regions), roi, crop,
                                      context, desc=self.name)

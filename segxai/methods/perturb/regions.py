@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -103,6 +104,47 @@ class RiseMasks(Regions):
         masks = torch.zeros((len(keep), *self.shape))
         masks[(slice(None), *self.box)] = 1.0 - keep
         return masks
+
+
+class SuperpixelSamples(Regions):
+    """LIME samples: random on/off states `z` of superpixels, sample 0 all on; a mask is the union of the "off"
+    superpixels. The features are all superpixels or, with `roi`, those with at least `min_overlap` of their
+    voxels inside it (XAI-CLIP); the others stay on. Draws (P(on) = 0.5) come from `generator`."""
+
+    def __init__(self, segments: torch.Tensor | np.ndarray, n_samples: int, *, generator: torch.Generator,
+                 roi: torch.Tensor | None = None, min_overlap: float = 0.1) -> None:
+        if n_samples < 2 or not 0 < min_overlap <= 1:
+            raise SegxaiError(f"LIME needs n_samples >= 2 and 0 < min_overlap <= 1 (got {n_samples}, {min_overlap})")
+        self.segments = torch.as_tensor(segments, dtype=torch.long).cpu()
+        self.shape = tuple(self.segments.shape)
+        self.n_segments = int(self.segments.max()) + 1
+        self.feature_ids = self._select(roi, float(min_overlap))
+        self.z = torch.randint(0, 2, (int(n_samples), len(self.feature_ids)), generator=generator).bool()
+        self.z[0] = True
+
+    def _select(self, roi: torch.Tensor | None, min_overlap: float) -> torch.Tensor:
+        """The superpixel ids used as features (all, or those overlapping the ROI enough)."""
+        if roi is None:
+            return torch.arange(self.n_segments)
+        flat = self.segments.flatten()
+        inside = torch.bincount(flat, weights=roi.flatten().double(), minlength=self.n_segments)
+        overlap = inside / torch.bincount(flat, minlength=self.n_segments)
+        selected = torch.nonzero(overlap >= min_overlap).flatten()
+        if len(selected) == 0:
+            raise SegxaiError(f"no superpixel has {min_overlap:.0%} of its voxels in the ROI (best: "
+                              f"{float(overlap.max()):.1%}); lower min_overlap or use more superpixels")
+        return selected
+
+    def __len__(self) -> int:
+        return int(self.z.shape[0])
+
+    def masks(self, start: int, stop: int) -> torch.Tensor:
+        off = torch.zeros((stop - start, self.n_segments))
+        off[:, self.feature_ids] = (~self.z[start:stop]).float()
+        return off[:, self.segments]
+
+    def features(self, start: int, stop: int) -> torch.Tensor:
+        return self.z[start:stop].float()
 
 
 def _bounding_box(mask: torch.Tensor) -> tuple[slice, ...]:

@@ -1,0 +1,150 @@
+"""The benchmark's cases and models: seeded data preparation, and small U-Nets trained once and cached.
+
+Three cases, each a set of images (`(C, *spatial)`, raw intensities), label maps and a cached model:
+- `phantom`: the 3D abdominal CT phantom of the demo (64x64x32), a model trained on 24 phantoms, one held-out case;
+- `ct`: the TotalSegmentator sample CT (cropped/padded to 112x96x32), four organs kept, a model fitted to that
+  one volume (its Dice is a training Dice: the point is a real anatomy to explain, not generalisation);
+- `polyp`: the 40 EndoTect colonoscopy images resized to 128x128, 30 to train and 10 held out.
+Checkpoints go to `.segxai-cache/bench/` (gitignored); delete the folder to retrain.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from segxai.checkpoint import load_checkpoint, save_checkpoint
+from segxai.model import SegModel
+from segxai.train import TrainResult, dice_per_class, train_on_phantoms, train_segmenter
+
+CACHE_DIR = Path(__file__).resolve().parents[1] / ".segxai-cache" / "bench"
+SEED = 0
+
+PHANTOM_SHAPE = (64, 64, 32)
+PHANTOM_CASE_SEED = 1000  # held out: training phantoms use seeds spawned from 0
+PHANTOM_STEPS = 300
+
+CT_ORGANS = {5: "liver", 1: "spleen", 2: "kidney_right", 3: "kidney_left"}  # TotalSegmentator label -> name
+CT_BOX = (slice(5, 117), slice(2, 98), slice(0, 30))  # 122x101x30 -> 112x96x30, every kept organ inside
+CT_SHAPE = (112, 96, 32)  # z padded with air to a multiple of the U-Net's stride
+CT_WINDOW = {"kind": "window", "low": -200.0, "high": 300.0}
+CT_STEPS = 300
+
+POLYP_SIZE = (128, 128)
+POLYP_TRAIN = 30
+POLYP_STEPS = 600
+
+
+@dataclass
+class Case:
+    """Images to explain (raw intensities), their label maps and names, and the model with its config."""
+
+    name: str
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    names: dict[int, str]
+    model: SegModel
+    config: dict[str, Any]
+    dice: dict[str, float] = field(default_factory=dict)
+
+    def normalized(self, index: int) -> np.ndarray:
+        """Image `index` with the intensity normalisation the model was trained with."""
+        from segxai.preprocess import normalize_intensity
+
+        return normalize_intensity(self.images[index], self.config.get("intensity"))
+
+    def label_of(self, organ: str) -> int:
+        return next(value for value, name in self.names.items() if name == organ)
+
+
+# --------------------------------------------------------------------------------------------- data
+def phantom_data() -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str]]:
+    """One held-out abdominal phantom (HU), as the demo explains it."""
+    from segxai.data import abdomen_phantom
+
+    phantom = abdomen_phantom(PHANTOM_SHAPE, seed=PHANTOM_CASE_SEED)
+    return [phantom.image], [phantom.labels], dict(phantom.names)
+
+
+def ct_data() -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str]]:
+    """The sample CT in HU on a 112x96x32 grid, with liver, spleen and kidneys relabelled 1..4."""
+    from segxai.data import load_totalsegmentator
+
+    case = load_totalsegmentator("ct")
+    image = case.image.array[(slice(None), *CT_BOX)]
+    source = case.labels[CT_BOX]
+    labels = np.zeros(source.shape, dtype=np.int64)
+    names = {}
+    for new, (old, name) in enumerate(CT_ORGANS.items(), start=1):
+        labels[source == old] = new
+        names[new] = name
+    pad = [(0, 0)] + [(0, n - s) for n, s in zip(CT_SHAPE, labels.shape)]
+    image = np.pad(image, pad, constant_values=-1000.0).astype(np.float32)
+    labels = np.pad(labels, pad[1:])
+    return [image], [labels], names
+
+
+def polyp_data() -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str]]:
+    """The 40 EndoTect images (RGB, 0..255) resized with anti-aliasing to 128x128, masks with nearest."""
+    from skimage.transform import resize
+
+    from segxai.data import load_endotect
+
+    images, labels = [], []
+    for case in load_endotect():
+        rgb = resize(case.image.array, (3, *POLYP_SIZE), order=1, anti_aliasing=True, preserve_range=True)
+        mask = resize(case.labels, POLYP_SIZE, order=0, anti_aliasing=False, preserve_range=True)
+        images.append(rgb.astype(np.float32))
+        labels.append(mask.astype(np.int64))
+    return images, labels, {1: "polyp"}
+
+
+# --------------------------------------------------------------------------------------------- models
+def load_case(name: str, progress: bool = False) -> Case:
+    """Prepare case `name` ("phantom", "ct" or "polyp") and its model, training it on first use."""
+    if name == "phantom":
+        images, labels, names = phantom_data()
+        train = lambda: train_on_phantoms("abdomen", PHANTOM_SHAPE, steps=PHANTOM_STEPS, seed=SEED, progress=progress)
+        model, config = _cached(f"phantom-{'x'.join(map(str, PHANTOM_SHAPE))}-{PHANTOM_STEPS}steps", train)
+        return Case(name, images, labels, names, model, config, config.get("validation_dice", {}))
+    if name == "ct":
+        images, labels, names = ct_data()
+        train = lambda: _fit(images, labels, names, CT_WINDOW, CT_STEPS, batch_size=1, progress=progress)
+        model, config = _cached(f"ct-{CT_STEPS}steps", train)
+        return Case(name, images, labels, names, model, config, config.get("validation_dice", {}))
+    if name == "polyp":
+        images, labels, names = polyp_data()
+        train_set = slice(0, POLYP_TRAIN)
+        test_set = slice(POLYP_TRAIN, None)
+        train = lambda: train_segmenter(
+            images[train_set], labels[train_set], names=names, intensity={"kind": "scale", "factor": 1 / 255},
+            channel_names=["R", "G", "B"], val_images=images[test_set], val_labels=labels[test_set],
+            steps=POLYP_STEPS, batch_size=8, seed=SEED, progress=progress)
+        model, config = _cached(f"polyp-{'x'.join(map(str, POLYP_SIZE))}-{POLYP_STEPS}steps", train)
+        return Case(name, images[test_set], labels[test_set], names, model, config, config.get("validation_dice", {}))
+    raise ValueError(f"unknown case {name!r}; choose phantom, ct or polyp")
+
+
+def _fit(images, labels, names, intensity, steps, batch_size, progress) -> TrainResult:
+    """Train on the given volumes and record the (training) Dice per organ in the config."""
+    result = train_segmenter(images, labels, names=names, intensity=intensity, channel_names=["CT"],
+                             steps=steps, batch_size=batch_size, seed=SEED, progress=progress)
+    model = SegModel(result.net)
+    from segxai.preprocess import normalize_intensity
+
+    predicted = model.predict(normalize_intensity(images[0], intensity)).numpy()
+    scores = dice_per_class(predicted, labels[0], list(names))
+    result.config["validation_dice"] = {names[k]: v for k, v in scores.items()}
+    return result
+
+
+def _cached(key: str, train: Callable[[], TrainResult]) -> tuple[SegModel, dict[str, Any]]:
+    path = CACHE_DIR / f"{key}-v1.pt"
+    if not path.is_file():
+        result = train()
+        save_checkpoint(path, result.net, result.config)
+        (CACHE_DIR / f"{key}-v1.json").write_text(json.dumps(result.config.get("validation_dice", {}), indent=2))
+    return load_checkpoint(path)
