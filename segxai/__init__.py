@@ -19,6 +19,7 @@ _LAZY_ATTRIBUTES = {
     "Saliency": "segxai.methods",
     "Occlusion": "segxai.methods",
     "RISE": "segxai.methods",
+    "LIME": "segxai.methods",
 }
 _LAZY_MODULES = {"targets", "roi", "io", "data", "methods", "metrics", "report", "train", "errors", "model", "explanation"}
 

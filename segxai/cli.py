@@ -1,4 +1,4 @@
-"""The `segxai` command: a thin layer over the Python API (`demo`, `train`, `explain`).
+"""The `segxai` command: a thin layer over the Python API (`demo`, `train`, `explain`, `evaluate`).
 
 Bad input is reported as one clear line on stderr with exit status 2, never as a traceback.
 """
@@ -42,12 +42,29 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--image", nargs="+", required=True, help="image file(s); several files are modalities")
     explain.add_argument("--target", required=True,
                          help="class:CLS | instance:[CLS:]INDEX | voxel:[CLS:]z,y,x")
-    explain.add_argument("--method", default="saliency")
+    explain.add_argument("--method", default="saliency", help="saliency | occlusion | rise | lime")
+    explain.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                         help="a method setting, e.g. --param window=8 --param stride=4 (repeatable)")
     explain.add_argument("--roi", default=None, help="mask:FILE | box:START:SIZE | prediction:CLS[:MARGIN]")
     explain.add_argument("--out", required=True, help="output directory")
     explain.add_argument("--seed", type=int, default=0)
     explain.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     explain.add_argument("--no-progress", action="store_true")
+    evaluate = commands.add_parser("evaluate", help="compare methods unrestricted vs restricted to an organ ROI")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--image", nargs="+", required=True)
+    evaluate.add_argument("--mask", required=True, help="label map holding the organ")
+    evaluate.add_argument("--label", type=int, required=True, help="the organ's label in --mask (also its class)")
+    evaluate.add_argument("--methods", default="occlusion,rise,lime", help="comma-separated method names")
+    evaluate.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                          help="a method setting, e.g. --param occlusion.window=8")
+    evaluate.add_argument("--target", default=None, help="default: the organ's mean probability over its mask")
+    evaluate.add_argument("--margin", type=float, default=4.0, help="ROI = organ grown by this many voxels")
+    evaluate.add_argument("--threshold", type=float, default=0.5, help="binarise min-max-normalised maps at this")
+    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -68,11 +85,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             result = explain_files(
                 args.model, args.image, args.target, args.out, method=args.method, roi=args.roi, seed=args.seed,
-                device=args.device, progress=not args.no_progress, command=command,
+                device=args.device, progress=not args.no_progress, command=command, params=parse_params(args.param),
             )
             stats = result.explanation.stats
             print(f"{stats['method']}: {stats['forward_passes']} forward / {stats['backward_passes']} backward "
                   f"passes in {stats['seconds']:.2f} s; report: {result.written['report']}")
+        elif args.command == "evaluate":
+            from segxai.evaluate import evaluate_files
+
+            result = evaluate_files(
+                args.model, args.image, args.mask, args.label, args.out, methods=args.methods.split(","),
+                params=_method_params(args.param), target=args.target, margin=args.margin,
+                threshold=args.threshold, seed=args.seed, device=args.device, progress=not args.no_progress,
+            )
+            print(result.text())
+            print(f"tables: {Path(args.out) / 'comparison.csv'}")
     except SegxaiError as error:
         print(f"segxai: error: {error}", file=sys.stderr)
         return 2
@@ -102,6 +129,33 @@ def _train(args: argparse.Namespace) -> None:
     path = save_checkpoint(args.out, result.net, result.config)
     dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "no validation cases"
     print(f"checkpoint: {path}; validation Dice: {dice}")
+
+
+def parse_params(items: Sequence[str]) -> dict[str, object]:
+    """`NAME=VALUE` settings; values are read as Python literals (8, 0.5, (8, 8, 4), 'blur') or kept as text."""
+    import ast
+
+    params: dict[str, object] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise SegxaiError(f"--param takes NAME=VALUE, got {item!r}")
+        try:
+            params[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[name] = value
+    return params
+
+
+def _method_params(items: Sequence[str]) -> dict[str, dict[str, object]]:
+    """`METHOD.NAME=VALUE` settings grouped by method."""
+    grouped: dict[str, dict[str, object]] = {}
+    for item in items:
+        method, dot, rest = item.partition(".")
+        if not dot:
+            raise SegxaiError(f"--param takes METHOD.NAME=VALUE for evaluate, got {item!r}")
+        grouped.setdefault(method, {}).update(parse_params([rest]))
+    return grouped
 
 
 def _read_names(path: str) -> dict[int, str]:

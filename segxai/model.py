@@ -166,6 +166,8 @@ class SegModel:
         self.in_channels = in_channels if in_channels is not None else getattr(first_conv, "in_channels", None)
         self.spatial_dims = spatial_dims if spatial_dims is not None else _conv_dims(first_conv)
         self._inferer = self._build_inferer(inferer, roi_size, sw_batch_size, overlap, blend_mode)
+        # Receptive-field radii measured by `segxai.roi.receptive_field`, by input spatial shape.
+        self.receptive_fields: dict[tuple[int, ...], tuple[int, ...] | None] = {}
         self.reset_counts()
 
     # ----------------------------------------------------------------------------------- running

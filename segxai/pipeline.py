@@ -65,6 +65,7 @@ def explain_files(
     progress: bool = True,
     title: str | None = None,
     command: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> FileExplanation:
     """Load a checkpoint and image file(s) (several = modalities), explain `target`, and write NIfTI/PNG maps
     with the source geometry, the predicted label map, the stats JSON, an overlay and `report.html`."""
@@ -78,7 +79,7 @@ def explain_files(
     model, config = load_checkpoint(checkpoint, device=device)
     image = load_image(images)
     x, _ = model.prepare(normalize_intensity(image.array, config.get("intensity")))
-    explainer = get_method(method, model)
+    explainer = get_method(method, model, **(params or {}))
     explanation = explainer.explain(
         x[0], parse_target(target), roi=parse_roi(roi, image, model, x[0]), seed=seed, progress=progress
     )

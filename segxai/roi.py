@@ -102,7 +102,17 @@ def receptive_field(model: SegModel, sample: torch.Tensor, probe: int = 8) -> tu
     covered) is taken with respect to `sample` (a `(1, C, *spatial)` batch) and a random input; the support of
     the gradient, minus the cube, is the receptive-field radius. Returns None when the support reaches every
     border: instance norm, global pooling or attention make the whole input relevant, so no crop is exact.
+    The result is remembered per input shape on the model (`model.receptive_fields`), so it is probed once.
     """
+    spatial = tuple(sample.shape[2:])
+    if spatial in model.receptive_fields:
+        return model.receptive_fields[spatial]
+    radius = _probe(model, sample, probe)
+    model.receptive_fields[spatial] = radius
+    return radius
+
+
+def _probe(model: SegModel, sample: torch.Tensor, probe: int) -> tuple[int, ...] | None:
     spatial = tuple(sample.shape[2:])
     centre = tuple(slice(max(0, n // 2 - probe // 2), min(n, n // 2 - probe // 2 + probe)) for n in spatial)
     generator = torch.Generator().manual_seed(0)

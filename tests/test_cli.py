@@ -23,6 +23,7 @@ def workspace(tmp_path_factory):
     scans.mkdir()
     ct = abdomen_phantom((64, 64), seed=999)
     save_array(ct.image[0], scans / "ct.nii.gz", like=Image(ct.image, affine, "nifti"))
+    save_array(ct.labels, scans / "labels.nii.gz", like=Image(ct.image, affine, "nifti"))
     brain = brain_phantom((64, 64), n_lesions=4, seed=999)
     for channel, name in zip(brain.image, ("flair", "t1")):
         save_array(channel, scans / f"{name}.nii.gz", like=Image(brain.image, affine, "nifti"))
@@ -66,6 +67,38 @@ def test_explain_one_lesion_of_a_two_modality_scan_inside_an_roi(workspace, caps
     assert sum(stats["modality_share"].values()) == pytest.approx(1.0)
 
 
+def test_explain_with_roi_guided_occlusion_and_method_settings(workspace, capsys, tmp_path):
+    root, affine = workspace
+    code, out, err = run(capsys, "explain", "--model", root / "abdomen.pt", "--image", root / "scans/ct.nii.gz",
+                         "--target", "class:1", "--method", "occlusion", "--param", "window=8", "--param", "stride=8",
+                         "--roi", "prediction:1:4", "--out", tmp_path / "occ", "--no-progress")
+    assert code == 0, err
+    attribution = nib.load(tmp_path / "occ/attribution_ct.nii.gz")  # one channel: all channels perturbed together
+    np.testing.assert_allclose(attribution.affine, affine)
+    stats = json.loads((tmp_path / "occ/attribution_stats.json").read_text())
+    assert stats["params"]["window"] == 8 and 0 < stats["regions"] < 64
+
+
+def test_evaluate_compares_unrestricted_and_roi_guided_runs(workspace, capsys, tmp_path):
+    root, _ = workspace
+    code, out, err = run(capsys, "evaluate", "--model", root / "abdomen.pt", "--image", root / "scans/ct.nii.gz",
+                         "--mask", root / "scans/labels.nii.gz", "--label", "4", "--methods", "occlusion,rise,lime",
+                         "--param", "occlusion.window=8", "--param", "occlusion.stride=8", "--param", "rise.n_masks=40",
+                         "--param", "lime.n_samples=30", "--param", "lime.n_segments=40", "--out", tmp_path / "eval",
+                         "--no-progress")
+    assert code == 0, err
+    assert "unrestricted" in out and "roi" in out and "baseline" in out
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "eval/comparison.csv").open()))
+    assert [(r["method"], r["variant"]) for r in rows] == [
+        (m, v) for m in ("occlusion", "rise", "lime") for v in ("unrestricted", "roi")]
+    passes = {(r["method"], r["variant"]): int(r["forward_passes"]) for r in rows}
+    assert passes["occlusion", "roi"] < passes["occlusion", "unrestricted"]  # only windows touching the ROI
+    for method in ("rise", "lime"):  # same sample budget; at most the two receptive-field probe passes more
+        assert passes[method, "roi"] <= passes[method, "unrestricted"] + 2
+
+
 @pytest.fixture
 def bad_files(workspace, tmp_path):
     root, _ = workspace
@@ -88,6 +121,8 @@ def bad_files(workspace, tmp_path):
         ({"--image": "nan.nii.gz"}, "NaN"),
         ({"--model": "state_dict.pt"}, "not a segxai checkpoint"),
         ({"--method": "lime-ish"}, "unknown method"),
+        ({"--method": "occlusion", "--param": "windw=8"}, "bad setting for occlusion"),
+        ({"--param": "8"}, "NAME=VALUE"),
         ({"--target": "class:9"}, "out of range"),
         ({"--target": "instance:1:99"}, "does not exist"),
         ({"--target": "organ:liver"}, "unknown target"),

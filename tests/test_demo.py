@@ -19,6 +19,7 @@ def test_demo_writes_a_report_with_an_overlay_per_explained_target(tmp_path, mon
     for source in images:
         assert (report.parent / source).is_file()
     assert "Reference models" in html and "segxai demo --out" in html
+    assert "ROI-guided vs unrestricted" in html and (report.parent / "roi_comparison" / "comparison.csv").is_file()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
         "abdomen-32x32x24-150steps-v1.pt", "brain-48x48x24-100steps-v1.pt"]
     started = time.perf_counter()

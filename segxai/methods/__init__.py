@@ -6,15 +6,18 @@ from typing import Any
 from segxai.errors import SegxaiError
 from segxai.methods.base import Explainer
 from segxai.methods.gradient import Saliency
-from segxai.methods.perturb import RISE, Occlusion
+from segxai.methods.perturb import LIME, RISE, Occlusion
 
-METHODS: dict[str, type[Explainer]] = {"saliency": Saliency, "occlusion": Occlusion, "rise": RISE}
+METHODS: dict[str, type[Explainer]] = {"saliency": Saliency, "occlusion": Occlusion, "rise": RISE, "lime": LIME}
 
-__all__ = ["Explainer", "METHODS", "Occlusion", "RISE", "Saliency", "get_method"]
+__all__ = ["Explainer", "LIME", "METHODS", "Occlusion", "RISE", "Saliency", "get_method"]
 
 
 def get_method(name: str, model: Any, **params: Any) -> Explainer:
     """Build a method by its CLI name, with a clear error listing the known names."""
     if name not in METHODS:
         raise SegxaiError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[name](model, **params)
+    try:
+        return METHODS[name](model, **params)
+    except TypeError as error:
+        raise SegxaiError(f"bad setting for {name}: {error}") from None

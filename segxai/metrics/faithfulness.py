@@ -7,8 +7,9 @@ after the top-ranked fraction of voxels is replaced by a fill (deletion) or is a
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ TargetLike = Target | Callable[[SegOutput], torch.Tensor]
 class Curve:
     """Target scores against the fraction of voxels replaced (deletion) or inserted (insertion).
 
-    `auc` is the trapezoid area over `fractions`, so it is in the target's units; `forward_passes` counts the
+    `fractions` are the exact shares of voxels changed (`k * N // steps` of N voxels, k = 0..steps); `auc` is the
+    trapezoid area over them, so it is in the target's units; `forward_passes` counts the
     batch items run, the clean reference included, and `seconds` the wall time.
     """
 
@@ -84,6 +86,7 @@ def _curve(
     batch_size: int | str,
     progress: bool,
 ) -> Curve:
+    """The shared body of both curves: rank, fill, score the clean reference and every step, integrate."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise SegxaiError(f"steps must be a positive int, not {steps!r}")
     model = as_segmodel(model)
@@ -92,10 +95,11 @@ def _curve(
     baseline = _baseline(fill, x)
     total = ranks.numel()
     counts = [k * total // steps for k in range(steps + 1)]
+    size = resolve_batch_size(batch_size, x, model.device)
+    replaced, kept = (baseline, x) if kind == "deletion" else (x, baseline)
     with model.measure() as cost, torch.no_grad():
         bound = as_target(target).bind(model(x))
-        replaced, kept = (baseline, x) if kind == "deletion" else (x, baseline)
-        values = _scores(model, bound, replaced, kept, ranks, counts, resolve_batch_size(batch_size, x, model.device), progress, kind)
+        values = _scores(model, bound, replaced, kept, ranks, counts, size, progress, kind)
     fractions = torch.tensor(counts, dtype=torch.float64) / total
     auc = float(torch.trapezoid(values, fractions))
     return Curve(kind, fractions.numpy(), values.numpy(), auc, cost.forward_passes, cost.seconds)

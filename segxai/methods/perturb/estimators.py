@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import Ridge
 
 
 class Estimator:
@@ -70,6 +69,9 @@ class WeightedRidge(Estimator):
         self.scores.append(scores.detach().float().cpu())
 
     def result(self) -> torch.Tensor:
+        # Imported on first use: scikit-learn takes most of a second to import.
+        from sklearn.linear_model import Ridge
+
         z = torch.cat(self.z).double().numpy()
         y = torch.cat(self.scores).double().numpy()
         weights = np.sqrt(np.exp(-cosine_to_ones(z) ** 2 / self.kernel_width**2))
