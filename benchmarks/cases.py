@@ -9,15 +9,16 @@ Checkpoints go to `.segxai-cache/bench/` (gitignored); delete the folder to retr
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from segxai.checkpoint import load_checkpoint, save_checkpoint
 from segxai.model import SegModel
+from segxai.preprocess import normalize_intensity
 from segxai.train import TrainResult, dice_per_class, train_on_phantoms, train_segmenter
 
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".segxai-cache" / "bench"
@@ -52,8 +53,6 @@ class Case:
 
     def normalized(self, index: int) -> np.ndarray:
         """Image `index` with the intensity normalisation the model was trained with."""
-        from segxai.preprocess import normalize_intensity
-
         return normalize_intensity(self.images[index], self.config.get("intensity"))
 
     def label_of(self, organ: str) -> int:
@@ -107,44 +106,39 @@ def load_case(name: str, progress: bool = False) -> Case:
     """Prepare case `name` ("phantom", "ct" or "polyp") and its model, training it on first use."""
     if name == "phantom":
         images, labels, names = phantom_data()
-        train = lambda: train_on_phantoms("abdomen", PHANTOM_SHAPE, steps=PHANTOM_STEPS, seed=SEED, progress=progress)
-        model, config = _cached(f"phantom-{'x'.join(map(str, PHANTOM_SHAPE))}-{PHANTOM_STEPS}steps", train)
-        return Case(name, images, labels, names, model, config, config.get("validation_dice", {}))
-    if name == "ct":
+        key = f"phantom-{'x'.join(map(str, PHANTOM_SHAPE))}-{PHANTOM_STEPS}steps"
+        model, config = _cached(key, lambda: train_on_phantoms(
+            "abdomen", PHANTOM_SHAPE, steps=PHANTOM_STEPS, seed=SEED, progress=progress))
+    elif name == "ct":
         images, labels, names = ct_data()
-        train = lambda: _fit(images, labels, names, CT_WINDOW, CT_STEPS, batch_size=1, progress=progress)
-        model, config = _cached(f"ct-{CT_STEPS}steps", train)
-        return Case(name, images, labels, names, model, config, config.get("validation_dice", {}))
-    if name == "polyp":
+        model, config = _cached(f"ct-{CT_STEPS}steps", lambda: _train_ct(images, labels, names, progress))
+    elif name == "polyp":
         images, labels, names = polyp_data()
-        train_set = slice(0, POLYP_TRAIN)
-        test_set = slice(POLYP_TRAIN, None)
-        train = lambda: train_segmenter(
-            images[train_set], labels[train_set], names=names, intensity={"kind": "scale", "factor": 1 / 255},
-            channel_names=["R", "G", "B"], val_images=images[test_set], val_labels=labels[test_set],
-            steps=POLYP_STEPS, batch_size=8, seed=SEED, progress=progress)
-        model, config = _cached(f"polyp-{'x'.join(map(str, POLYP_SIZE))}-{POLYP_STEPS}steps", train)
-        return Case(name, images[test_set], labels[test_set], names, model, config, config.get("validation_dice", {}))
-    raise ValueError(f"unknown case {name!r}; choose phantom, ct or polyp")
+        train, test = slice(0, POLYP_TRAIN), slice(POLYP_TRAIN, None)
+        key = f"polyp-{'x'.join(map(str, POLYP_SIZE))}-{POLYP_STEPS}steps"
+        model, config = _cached(key, lambda: train_segmenter(
+            images[train], labels[train], names=names, intensity={"kind": "scale", "factor": 1 / 255},
+            channel_names=["R", "G", "B"], val_images=images[test], val_labels=labels[test],
+            steps=POLYP_STEPS, batch_size=8, seed=SEED, progress=progress))
+        images, labels = images[test], labels[test]
+    else:
+        raise ValueError(f"unknown case {name!r}; choose phantom, ct or polyp")
+    return Case(name, images, labels, names, model, config, config.get("validation_dice", {}))
 
 
-def _fit(images, labels, names, intensity, steps, batch_size, progress) -> TrainResult:
-    """Train on the given volumes and record the (training) Dice per organ in the config."""
-    result = train_segmenter(images, labels, names=names, intensity=intensity, channel_names=["CT"],
-                             steps=steps, batch_size=batch_size, seed=SEED, progress=progress)
-    model = SegModel(result.net)
-    from segxai.preprocess import normalize_intensity
-
-    predicted = model.predict(normalize_intensity(images[0], intensity)).numpy()
-    scores = dice_per_class(predicted, labels[0], list(names))
-    result.config["validation_dice"] = {names[k]: v for k, v in scores.items()}
+def _train_ct(images, labels, names, progress: bool) -> TrainResult:
+    """Fit the CT volume; its Dice (recorded as the config's validation Dice) is a training Dice."""
+    result = train_segmenter(images, labels, names=names, intensity=CT_WINDOW, channel_names=["CT"],
+                             steps=CT_STEPS, batch_size=1, seed=SEED, progress=progress)
+    predicted = SegModel(result.net).predict(normalize_intensity(images[0], CT_WINDOW)).numpy()
+    result.config["validation_dice"] = {names[k]: v for k, v in dice_per_class(predicted, labels[0], names).items()}
     return result
 
 
 def _cached(key: str, train: Callable[[], TrainResult]) -> tuple[SegModel, dict[str, Any]]:
+    """Load checkpoint `key` from the cache, training and saving it first if it is missing."""
     path = CACHE_DIR / f"{key}-v1.pt"
     if not path.is_file():
         result = train()
         save_checkpoint(path, result.net, result.config)
-        (CACHE_DIR / f"{key}-v1.json").write_text(json.dumps(result.config.get("validation_dice", {}), indent=2))
     return load_checkpoint(path)

@@ -16,7 +16,13 @@ import torch
 
 from segxai.errors import SegxaiError
 from segxai.methods.base import Explainer
-from segxai.metrics import compare_roi_guided, explanation_overlap, format_table, roi_baseline, write_csv
+from segxai.metrics import (
+    compare_roi_guided,
+    explanation_overlap,
+    format_table,
+    roi_baseline,
+    write_csv,
+)
 from segxai.targets import Target
 
 UNRESTRICTED = "unrestricted"

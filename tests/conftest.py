@@ -46,6 +46,13 @@ def grid(dims: int, size: int = 16) -> tuple[int, ...]:
     return (size,) * dims
 
 
+def cube(dims: int, start: int, stop: int, size: int = 16) -> torch.Tensor:
+    """A boolean mask on a `size`^dims grid that is True on [start, stop) along every axis."""
+    mask = torch.zeros(grid(dims, size), dtype=torch.bool)
+    mask[(slice(start, stop),) * dims] = True
+    return mask
+
+
 @pytest.fixture(params=DIMS, ids=["2d", "3d"])
 def dims(request) -> int:
     return request.param

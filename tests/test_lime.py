@@ -12,7 +12,7 @@ from segxai.errors import SegxaiError
 from segxai.methods import METHODS, get_method
 from segxai.methods.perturb.estimators import cosine_to_ones
 from segxai.methods.perturb.superpixels import superpixels
-from tests.conftest import conv_stack, grid, pointwise_net
+from tests.conftest import conv_stack, cube, grid, pointwise_net
 
 
 def image(dims: int, size: int = 14, seed: int = 0) -> torch.Tensor:
@@ -37,9 +37,7 @@ def overlaps(segments: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
 
 
 def box(dims: int, size: int = 14) -> torch.Tensor:
-    roi = torch.zeros(grid(dims, size), dtype=torch.bool)
-    roi[(slice(3, 9),) * dims] = True
-    return roi
+    return cube(dims, 3, 9, size)
 
 
 def test_lime_recovers_the_additive_contribution_of_each_superpixel(dims):

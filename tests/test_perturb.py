@@ -10,7 +10,7 @@ from segxai import targets as T
 from segxai.errors import SegxaiError
 from segxai.methods.perturb.fills import make_fill
 from segxai.methods.perturb.regions import RiseMasks, SlidingWindows
-from tests.conftest import conv_stack, grid
+from tests.conftest import conv_stack, cube, grid
 
 
 class RegionMean(nn.Module):
@@ -27,14 +27,10 @@ class RegionMean(nn.Module):
         return torch.cat([-value, value], dim=1)
 
 
-def square(dims: int, start: int, stop: int, size: int = 16) -> torch.Tensor:
-    mask = torch.zeros(grid(dims, size), dtype=torch.bool)
-    mask[(slice(start, stop),) * dims] = True
-    return mask
 
 
 def test_occlusion_of_a_region_mean_model_recovers_the_region(dims):
-    region = square(dims, 4, 8)
+    region = cube(dims, 4, 8)
     model = sx.SegModel(RegionMean(region), activation="none")
     explanation = sx.Occlusion(model, window=4, stride=4).explain(
         torch.ones(1, *grid(dims, 16)), T.ClassRegion(1, reduce="mean"), progress=False)
@@ -45,7 +41,7 @@ def test_occlusion_of_a_region_mean_model_recovers_the_region(dims):
 
 
 def test_rise_of_a_region_mean_model_ranks_the_region_first(dims):
-    region = square(dims, 4, 10)
+    region = cube(dims, 4, 10)
     model = sx.SegModel(RegionMean(region), activation="none")
     explanation = sx.RISE(model, n_masks=800, grid=4).explain(
         torch.ones(1, *grid(dims, 16)), T.ClassRegion(1, reduce="mean"), seed=3, progress=False)
@@ -71,7 +67,7 @@ def test_cropped_computation_equals_the_full_input(dims, method):
     net = UNet(dims, 1, 2, channels=(4, 8), strides=(2,), num_res_units=1, norm="batch")
     size = 64
     x = torch.randn(1, *grid(dims, size))
-    organ = square(dims, 20, 26, size)
+    organ = cube(dims, 20, 26, size)
     roi = sx.roi.from_mask(organ, margin=2)
     target = T.ClassRegion(1, organ, score="prob", reduce="mean")
     make = (lambda crop: sx.Occlusion(net, window=4, stride=4, crop=crop)) if method == "occlusion" else \
@@ -86,7 +82,7 @@ def test_cropped_computation_equals_the_full_input(dims, method):
 
 def test_roi_restriction_runs_only_windows_touching_it_and_keeps_the_rest(dims):
     model = sx.SegModel(conv_stack(dims, layers=2))
-    roi = square(dims, 6, 10)
+    roi = cube(dims, 6, 10)
     x = torch.randn(1, *grid(dims, 16))
     explanation = sx.Occlusion(model, window=4, stride=4, crop="none").explain(
         x, T.ClassRegion(1, roi), roi=roi, progress=False)
@@ -97,9 +93,9 @@ def test_roi_restriction_runs_only_windows_touching_it_and_keeps_the_rest(dims):
 
 
 def test_outside_zero_blanks_the_input_outside_the_roi():
-    region = square(2, 0, 8)
+    region = cube(2, 0, 8)
     model = sx.SegModel(RegionMean(region), activation="none")
-    roi = square(2, 0, 4)
+    roi = cube(2, 0, 4)
     keep = sx.Occlusion(model, window=4, stride=4).explain(torch.ones(1, 16, 16), T.ClassRegion(1, reduce="mean"),
                                                             roi=roi, progress=False)
     zero = sx.Occlusion(model, window=4, stride=4, outside="zero").explain(
@@ -120,7 +116,7 @@ def test_seeds_make_rise_reproducible_and_batching_does_not_matter():
 
 
 def test_rise_masks_follow_the_roi_box():
-    roi = square(2, 6, 10)
+    roi = cube(2, 6, 10)
     regions = RiseMasks((16, 16), 5, grid=2, p=0.5, generator=torch.Generator().manual_seed(0), roi=roi)
     masks = regions.masks(0, 5)
     assert masks.shape == (5, 16, 16)

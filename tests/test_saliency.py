@@ -8,13 +8,11 @@ import torch
 import segxai as sx
 from segxai import targets as T
 from segxai.errors import SegxaiError
-from tests.conftest import conv, grid, pointwise_net, threshold_net
+from tests.conftest import conv, cube, grid, pointwise_net, threshold_net
 
 
 def region(dims: int, size: int = 8) -> torch.Tensor:
-    mask = torch.zeros(grid(dims, size), dtype=torch.bool)
-    mask[(slice(2, 5),) * dims] = True
-    return mask
+    return cube(dims, 2, 5, size)
 
 
 def test_pointwise_linear_net_saliency_is_the_weight_on_the_target_region(dims):
