@@ -111,8 +111,8 @@ def _write_report(out: Path, explanation: Explanation, written: dict[str, Path],
     from segxai.targets import description_text
 
     stats = explanation.stats
-    figures = [Figure(p.name, caption) for key, p in written.items() if key.endswith("_overlay")
-               for caption in ["attribution summed over channels; target outlined"]]
+    caption = "attribution summed over channels; target outlined"
+    figures = [Figure(p.name, caption) for key, p in written.items() if key.endswith("_overlay")]
     rows = [{"quantity": k, "value": v} for k, v in stats.items() if k not in ("params", "target", "images")]
     rows += [{"quantity": f"share of |attribution| in {k}", "value": v} for k, v in share.items()]
     sections = [
