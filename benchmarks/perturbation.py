@@ -9,7 +9,9 @@ by the forward passes), wall seconds, peak memory increase, and the IoU of the b
 - Occlusion: segxai restricted to the ROI (the organ grown by a margin) against Captum `Occlusion` and MONAI
   `OcclusionSensitivity` on the whole input, same window, stride and zero fill. segxai on the whole input is
   listed too; its map and MONAI's must equal Captum's (`max_abs_diff_vs_captum`).
-- RISE and LIME: the same method with `roi=None` and with the ROI, same number of samples and seed.
+- RISE and LIME: the same method with `roi=None`, and with the ROI at the same number of samples and at half and
+  a quarter of it (`ROI_BUDGETS`), same seed: fewer features vary, so fewer samples may do (XAI-CLIP). The ratio
+  table takes the cheapest restricted budget whose IoU is no worse than the unrestricted run's.
 
 Every call goes through one `segxai.SegModel` and is measured by `segxai.measure.Measure`, so passes, voxels,
 seconds and memory are counted the same way for segxai and its peers. The target is the mean probability of
@@ -19,9 +21,6 @@ count, on the whole grid, for every method alike.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
-import platform
 import sys
 import time
 import warnings
@@ -38,9 +37,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import cases  # benchmarks/cases.py, beside this file
+from measuring import cpu_name, markdown, measured
 
 from segxai.explanation import Explanation
-from segxai.measure import Measure
 from segxai.methods import METHODS
 from segxai.metrics import explanation_overlap, relative_change, write_csv
 from segxai.model import SegModel
@@ -48,6 +47,9 @@ from segxai.roi import from_mask
 from segxai.targets import ClassRegion
 
 SEED = 0
+# Fractions of the unrestricted number of samples that restricted RISE and LIME are run with.
+ROI_BUDGETS = (1.0, 0.5, 0.25)
+SAMPLES_PARAM = {"rise": "n_masks", "lime": "n_samples"}
 
 # Per case: the organs with their occlusion (window, stride) pairs, the ROI margin (voxels), the batch size, and
 # the RISE and LIME settings. The 4/4 occlusion (2,048 windows on the whole phantom) runs for the small organ only.
@@ -59,29 +61,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "polyp": {"occlusion": {"polyp": ((16, 8),)}, "margin": 8, "batch": 32,
               "rise": {"n_masks": 1000, "grid": 7}, "lime": {"n_samples": 500, "n_segments": 100}},
 }
-
-
-# --------------------------------------------------------------------------------------------- measuring
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS, so each call's peak RSS starts level."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the peak is then only approximate
-        pass
-
-
-def measured(model: SegModel, run: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
-    """Run `run()` and return its result with the passes, voxel-passes, seconds and peak memory it cost."""
-    release_memory()
-    with Measure(model) as cost:
-        result = run()
-    return result, {
-        "forward_passes": cost.counts["forward_passes"],
-        "voxel_passes": cost.counts["forward_voxels"],
-        "seconds": round(cost.seconds, 4),
-        "peak_mb": round(cost.peak_memory_bytes / 2**20, 1),
-    }
 
 
 def overlap(attribution: torch.Tensor, mask: np.ndarray) -> dict[str, float]:
@@ -156,15 +135,23 @@ def occlusion_rows(model, x, mask, roi, target, window, stride, batch) -> list[d
 
 
 def restriction_rows(model, x, mask, roi, target, name, params, batch) -> list[dict[str, Any]]:
-    """One method (RISE or LIME) with the same settings and seed, on the whole input and restricted to the ROI."""
-    method = METHODS[name](model, **params)
+    """One method (RISE or LIME) with the same settings and seed on the whole input, and restricted to the ROI
+    with each fraction of its samples in `ROI_BUDGETS`."""
+    samples = SAMPLES_PARAM[name]
+    runs = [("segxai whole", None, 1.0)] + [(roi_tool(fraction), roi, fraction) for fraction in ROI_BUDGETS]
     rows = []
-    for tool, region in (("segxai whole", None), ("segxai ROI", roi)):
+    for tool, region, fraction in runs:
+        method = METHODS[name](model, **{**params, samples: round(params[samples] * fraction)})
         run = partial(method.explain, x, target, roi=region, seed=SEED, batch_size=batch, progress=False)
         result, cost = measured(model, run)
-        rows.append({"method": name, "tool": tool, **cost, **overlap(result.attribution[0], mask),
-                     **_method_stats(result.stats)})
+        rows.append({"method": name, "tool": tool, "budget": fraction, **cost,
+                     **overlap(result.attribution[0], mask), **_method_stats(result.stats)})
     return rows
+
+
+def roi_tool(fraction: float) -> str:
+    """The tool name of a restricted run with `fraction` of the samples."""
+    return "segxai ROI" if fraction == 1 else f"segxai ROI x{fraction:g}"
 
 
 def _method_stats(stats: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +198,7 @@ def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mean["images"] = len(group)
         for column in COLUMNS:
             mean[column] = float(np.mean([row[column] for row in group]))
+        mean["budget"] = group[0].get("budget")
         mean["cropped"] = sum(bool(row.get("cropped")) for row in group)
         means.append(mean)
     return means
@@ -219,37 +207,31 @@ def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def summary_rows(means: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """ROI-guided segxai against its reference, with the issue's targets: for occlusion the faster whole-input
     peer (>= 10x fewer voxel-passes, >= 5x faster), for RISE and LIME segxai unrestricted (>= 60 % less
-    runtime); IoU no worse in both. Ratios are reference / ROI-guided."""
+    runtime) and the cheapest restricted budget with no worse IoU (else the full budget); IoU no worse in both.
+    Ratios are reference / ROI-guided."""
     by_key = {tuple(m.get(k) for k in KEYS): m for m in means}
     summary = []
-    for key, guided in by_key.items():
-        if guided["tool"] != "segxai ROI":
+    for key, full_budget in by_key.items():
+        if full_budget["tool"] != "segxai ROI":
             continue
         peers = [by_key[(*key[:-1], tool)] for tool in PEERS if (*key[:-1], tool) in by_key]
         reference = min(peers, key=lambda m: m["seconds"]) if peers else by_key[(*key[:-1], "segxai whole")]
+        budgets = [by_key[(*key[:-1], roi_tool(f))] for f in ROI_BUDGETS if (*key[:-1], roi_tool(f)) in by_key]
+        good = [m for m in budgets if m["iou"] >= reference["iou"]]
+        guided = min(good, key=lambda m: m["seconds"]) if good else full_budget
         voxel_ratio = reference["voxel_passes"] / guided["voxel_passes"]
         speedup = reference["seconds"] / guided["seconds"]
         runtime_change = relative_change(guided["seconds"], reference["seconds"])
         fast_enough = voxel_ratio >= 10 and speedup >= 5 if peers else runtime_change <= -60
         summary.append({
             "organ": guided["organ"], "method": guided["method"], "window": guided["window"],
-            "stride": guided["stride"], "reference": reference["tool"], "voxel_pass_ratio": voxel_ratio,
+            "stride": guided["stride"], "budget": guided["budget"], "reference": reference["tool"],
+            "voxel_pass_ratio": voxel_ratio,
             "speedup": speedup, "runtime_change_%": runtime_change, "iou_roi": guided["iou"],
             "iou_reference": reference["iou"], "iou_change": guided["iou"] - reference["iou"],
             "target_met": "yes" if fast_enough and guided["iou"] >= reference["iou"] else "no",
         })
     return summary
-
-
-def cpu_name() -> str:
-    """The CPU model (Linux), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def settings_text(name: str) -> str:
@@ -259,19 +241,6 @@ def settings_text(name: str) -> str:
                         for organ, pairs in settings["occlusion"].items())
     return (f"ROI = organ mask grown by {settings['margin']} voxels; occlusion window/stride {windows}, zero fill; "
             f"RISE {settings['rise']}; LIME {settings['lime']} (SLIC); batch size {settings['batch']}; seed {SEED}")
-
-
-def markdown(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    def cell(value: Any) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.3g}" if abs(value) < 1000 else f"{value:.4g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_results(name: str, case: cases.Case, rows: list[dict[str, Any]], out: Path, seconds: float) -> str:
@@ -287,7 +256,8 @@ def write_results(name: str, case: cases.Case, rows: list[dict[str, Any]], out: 
     legend = ("Means over images. voxel_passes_M: millions of input voxels carried by forward passes; peak_mb: "
               "peak resident memory increase during the call; iou/dice: top-k binarised map (k = organ voxels) vs "
               "organ; cropped: images on which segxai computed on a crop.")
-    ratios = ("ROI-guided segxai vs the faster whole-input peer (occlusion) or vs segxai unrestricted (RISE, LIME); "
+    ratios = ("ROI-guided segxai vs the faster whole-input peer (occlusion) or vs segxai unrestricted (RISE, LIME; "
+              "the cheapest restricted budget, as a fraction of the unrestricted samples, whose IoU is no worse); "
               "ratios are reference / ROI-guided.")
     text = "\n\n".join([
         f"# {name}: ROI-guided vs whole-input perturbation",
@@ -297,7 +267,8 @@ def write_results(name: str, case: cases.Case, rows: list[dict[str, Any]], out: 
         markdown(means, ("organ", "method", "window", "stride", "tool", "forward_passes", "voxel_passes_M",
                          "seconds", "peak_mb", "iou", "dice", "cropped")),
         ratios,
-        markdown(summary_rows(means), ("organ", "method", "window", "stride", "reference", "voxel_pass_ratio",
+        markdown(summary_rows(means), ("organ", "method", "window", "stride", "budget", "reference",
+                                       "voxel_pass_ratio",
                                        "speedup", "runtime_change_%", "iou_roi", "iou_reference", "iou_change",
                                        "target_met")),
     ]) + "\n"

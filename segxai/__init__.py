@@ -20,6 +20,10 @@ _LAZY_ATTRIBUTES = {
     "Occlusion": "segxai.methods",
     "RISE": "segxai.methods",
     "LIME": "segxai.methods",
+    "IntegratedGradients": "segxai.methods",
+    "SmoothGrad": "segxai.methods",
+    "GradCAM": "segxai.methods",
+    "GradCAMpp": "segxai.methods",
 }
 _LAZY_MODULES = {"targets", "roi", "io", "data", "methods", "metrics", "report", "train", "errors", "model", "explanation"}
 

@@ -10,7 +10,7 @@ from segxai.errors import SegxaiError
 def label_instances(mask: np.ndarray, connectivity: int | None = None, min_size: int = 1) -> np.ndarray:
     """Label the connected components of `mask` 1..N in scan order, dropping those under `min_size` voxels.
 
-    `connectivity` is SciPy's rank (1 = faces only, ndim = full); the default `ndim - 1` gives 8-connectivity
+    `connectivity` is SciPy's rank (1 = faces only, ndim = full); the default `ndim - 1` gives 4-connectivity
     in 2D and 18-connectivity in 3D. Numbers stay in scan order after small components are dropped.
     """
     mask = np.asarray(mask, dtype=bool)

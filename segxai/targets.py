@@ -149,7 +149,7 @@ class Instance(Target):
 
     Components are numbered from 1 in scan order (as `scipy.ndimage.label` numbers them), after dropping those
     smaller than `min_size` voxels. Choose one by `index` or by a `point` inside it. `connectivity` is SciPy's
-    rank (default `ndim - 1`: 8-connectivity in 2D, 18-connectivity in 3D, as the instance-saliency paper uses).
+    rank (default `ndim - 1`: 4-connectivity in 2D, 18-connectivity in 3D, as the instance-saliency paper uses).
     """
 
     def __init__(

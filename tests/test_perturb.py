@@ -92,6 +92,22 @@ def test_roi_restriction_runs_only_windows_touching_it_and_keeps_the_rest(dims):
     assert len(SlidingWindows(grid(dims, 16), 4, 4)) == 4**dims
 
 
+def test_roi_parts_beyond_the_receptive_field_of_the_target_are_not_perturbed(dims):
+    model = sx.SegModel(conv_stack(dims, layers=2))  # receptive-field radius 2
+    target_voxels = cube(dims, 0, 4, 24)
+    roi = torch.ones(grid(dims, 24), dtype=torch.bool)
+    x = torch.randn(1, *grid(dims, 24))
+    explanation = sx.Occlusion(model, window=4, stride=4, crop="none").explain(
+        x, T.ClassRegion(1, target_voxels), roi=roi, progress=False)
+    assert explanation.stats["regions"] == 2**dims  # windows at 0 and 4 reach voxels 0..5 (0..3 plus radius 2)
+    unrestricted = sx.Occlusion(model, window=4, stride=4).explain(x, T.ClassRegion(1, target_voxels), progress=False)
+    assert unrestricted.stats["regions"] == 6**dims
+    assert torch.allclose(explanation.attribution, unrestricted.attribution, atol=1e-5)
+    with pytest.raises(SegxaiError, match="receptive field"):
+        sx.Occlusion(model, window=4, stride=4).explain(x, T.ClassRegion(1, target_voxels), roi=cube(dims, 12, 20, 24),
+                                                        progress=False)
+
+
 def test_outside_zero_blanks_the_input_outside_the_roi():
     region = cube(2, 0, 8)
     model = sx.SegModel(RegionMean(region), activation="none")

@@ -102,7 +102,7 @@ def brain_phantom(shape: Sequence[int] = (48, 48, 48), n_lesions: int = 8, seed:
     """A two-channel (FLAIR, T1) brain MRI with `n_lesions` separate white-matter lesions and their instance ids.
 
     Values look z-normalised inside the head and are exactly 0 outside it. Lesions vary in size and contrast and
-    are at least two voxels apart, so each is its own 18-connected (8 in 2D) component.
+    are at least two voxels apart, so each is its own 18-connected (4 in 2D) component.
     """
     dims = _generation_shape(_check_shape(shape))
     _check_noise(noise)

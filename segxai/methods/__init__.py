@@ -5,12 +5,36 @@ from typing import Any
 
 from segxai.errors import SegxaiError
 from segxai.methods.base import Explainer
+from segxai.methods.cam import GradCAM, GradCAMpp
 from segxai.methods.gradient import Saliency
+from segxai.methods.integrated import IntegratedGradients
 from segxai.methods.perturb import LIME, RISE, Occlusion
+from segxai.methods.smoothgrad import SmoothGrad
 
-METHODS: dict[str, type[Explainer]] = {"saliency": Saliency, "occlusion": Occlusion, "rise": RISE, "lime": LIME}
+METHODS: dict[str, type[Explainer]] = {
+    "saliency": Saliency,
+    "integrated_gradients": IntegratedGradients,
+    "smoothgrad": SmoothGrad,
+    "gradcam": GradCAM,
+    "gradcampp": GradCAMpp,
+    "occlusion": Occlusion,
+    "rise": RISE,
+    "lime": LIME,
+}
 
-__all__ = ["Explainer", "LIME", "METHODS", "Occlusion", "RISE", "Saliency", "get_method"]
+__all__ = [
+    "Explainer",
+    "GradCAM",
+    "GradCAMpp",
+    "IntegratedGradients",
+    "LIME",
+    "METHODS",
+    "Occlusion",
+    "RISE",
+    "Saliency",
+    "SmoothGrad",
+    "get_method",
+]
 
 
 def get_method(name: str, model: Any, **params: Any) -> Explainer:

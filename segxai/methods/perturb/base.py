@@ -17,8 +17,9 @@ class PerturbationMethod(Explainer):
     """Base class: a method only says which regions to perturb and how to estimate the map from the scores.
 
     `fill` replaces perturbed voxels ("zero", a number, "mean", "blur", "noise" or "pool" with `pool` images);
-    `outside` keeps ("keep") or blanks ("zero") the input outside the ROI; `crop="auto"` runs the network on
-    the ROI plus twice its receptive field when that is exact and cheaper. The map is one channel (all input
+    `outside` keeps ("keep") or blanks ("zero") the input outside the ROI. Only the part of the ROI within one
+    receptive field of the target's voxels is perturbed (elsewhere a perturbation cannot change the target), and
+    `crop="auto"` runs the network on a crop around the target when that is exact and cheaper. The map is one channel (all input
     channels are perturbed together) and zero outside the ROI.
     """
 
@@ -44,8 +45,9 @@ class PerturbationMethod(Explainer):
         maps, footprints = [], []
         for item in x.split(1):
             ref = engine.reference(self.model, item, target, roi, self.outside)
-            crop = engine.plan_crop(self.model, ref, roi, self.crop)
-            regions = self._item_regions(ref, roi, context)
+            reachable = engine.reach(self.model, ref, roi)
+            crop = engine.plan_crop(self.model, ref, reachable, self.crop)
+            regions = self._item_regions(ref, reachable, context)
             fill = make_fill(self.fill, ref.x, generator=context.generator, pool=self.pool)
             attribution = engine.run(self.model, ref, regions, fill, self._estimator(ref, regions), roi, crop,
                                      context, desc=self.name)
@@ -54,3 +56,4 @@ class PerturbationMethod(Explainer):
             self.run_stats = {"regions": len(regions), "cropped": crop is not None, **({} if crop is None else crop.stats)}
         footprint = None if any(f is None for f in footprints) else torch.stack(footprints)
         return torch.stack(maps), footprint
+

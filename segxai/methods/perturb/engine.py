@@ -1,10 +1,10 @@
 """The one batched perturbation engine: regions x fill x estimator, restricted to an ROI and computed on a crop.
 
 The cost of a perturbation explanation is (number of perturbed passes) x (cost of one pass). The engine cuts
-the first by generating only regions that touch the ROI, and the second by running the network on a crop: the
-ROI and the target's voxels grown by twice the receptive field (measured by a gradient probe). Outputs within
-one receptive field of them are exact there; everything farther is unchanged by the perturbation. When the
-receptive field is global (instance norm, attention) the full input is used.
+the first by generating only regions that touch the ROI within one receptive field (measured by a gradient
+probe) of the voxels the target reads, and the second by running the network on a crop: those voxels grown by
+the receptive field, where the target's outputs are exact. When the receptive field is global (instance norm,
+attention) the full input is used.
 """
 from __future__ import annotations
 
@@ -67,9 +67,35 @@ def reference(model: SegModel, x: torch.Tensor, target: Target, roi: torch.Tenso
     return Reference(x, output, bound, score)
 
 
+def reach(model: SegModel, ref: Reference, roi: torch.Tensor | None) -> torch.Tensor | None:
+    """The part of the ROI whose perturbation can change the target: the ROI within one receptive field of
+    the voxels the target reads. Regions elsewhere have exactly no effect, so they are not evaluated.
+
+    Returns the ROI itself when nothing is known (no ROI, a target that reads any voxel, a global receptive
+    field), and raises when the ROI lies wholly out of the target's reach."""
+    if roi is None:
+        return None
+    shape = tuple(ref.x.shape[2:])
+    support = ref.target.support(shape)
+    radius = None if support is None else receptive_field(model, ref.x)
+    if radius is None:
+        return roi
+    zone = torch.zeros(shape, dtype=torch.bool)
+    zone[crop_plan(support, margin=radius).slices] = True
+    reachable = roi.cpu() & zone
+    if not reachable.any():
+        raise SegxaiError("the ROI lies farther than the network's receptive field from the target's voxels, so "
+                          "no perturbation inside it can change the target; choose an ROI near the target")
+    return reachable.to(roi.device)
+
+
 def plan_crop(model: SegModel, ref: Reference, roi: torch.Tensor | None, crop: Literal["auto", "none"]) -> Crop | None:
     """The crop to compute on, or None for the full input (no ROI, crop="none", a global receptive field,
-    a target that reads the whole grid, or too small a saving)."""
+    a target that reads the whole grid, or too small a saving).
+
+    A target that can be scored on a crop (`Target.crop`) needs only its own voxels plus one receptive field;
+    otherwise the output is pasted back over the ROI grown by one receptive field, computed on that box grown
+    by one more."""
     if crop not in ("auto", "none"):
         raise SegxaiError(f"crop must be 'auto' or 'none', not {crop!r}")
     if crop == "none" or roi is None:
@@ -81,16 +107,19 @@ def plan_crop(model: SegModel, ref: Reference, roi: torch.Tensor | None, crop: L
     radius = receptive_field(model, ref.x)
     if radius is None:
         return None
-    region = roi.cpu() | support
-    outer = crop_plan(region, margin=tuple(2 * r for r in radius), multiple=CROP_ALIGNMENT)
-    inner = crop_plan(region, margin=radius)
+    inner = crop_plan(support, margin=0)
+    target = ref.target.crop(inner.slices)
+    if target is None:
+        region = roi.cpu() | support
+        inner = crop_plan(region, margin=radius)
+        outer = crop_plan(region, margin=tuple(2 * r for r in radius), multiple=CROP_ALIGNMENT)
+    else:
+        outer = crop_plan(support, margin=radius, multiple=CROP_ALIGNMENT)
     kept = torch.tensor(outer.crop_shape).prod() / torch.tensor(shape).prod()
     misaligned = any(c % CROP_ALIGNMENT and c != n for c, n in zip(outer.crop_shape, shape))
     if outer.full or kept > MIN_CROP_SAVING or misaligned:
         return None
-    plan = Crop(outer, inner, None, {"receptive_field": list(radius), "crop_shape": list(outer.crop_shape)})
-    plan.target = ref.target.crop(inner.slices)
-    return plan
+    return Crop(outer, inner, target, {"receptive_field": list(radius), "crop_shape": list(outer.crop_shape)})
 
 
 def run(

@@ -1,0 +1,193 @@
+"""Grad-CAM (Selvaraju et al. 2017; Seg-Grad-CAM, Vinogradova et al. 2020) and Grad-CAM++ (Chattopadhyay et
+al. 2018), N-D: channel weights from the target's gradient at a named layer, map upsampled to the input grid."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segxai.errors import SegxaiError
+from segxai.methods.base import Context, Explainer, target_footprint
+from segxai.model import SegModel
+from segxai.targets import Target, evaluate
+
+MAX_LISTED = 30
+INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def conv_layers(net: nn.Module) -> list[str]:
+    """Names of the convolution-like modules (plain and transposed), the usual Grad-CAM layers."""
+    return [name for name, module in net.named_modules() if isinstance(module, nn.modules.conv._ConvNd)]
+
+
+def find_layer(net: nn.Module, layer: str) -> nn.Module:
+    """The submodule named `layer` (dotted, as in `named_modules()`), or an error listing candidate names."""
+    modules = dict(net.named_modules())
+    if isinstance(layer, str) and layer and layer in modules:
+        return modules[layer]
+    candidates = conv_layers(net) or [name for name, module in modules.items() if name and not list(module.children())]
+    listed = ", ".join(candidates[-MAX_LISTED:])
+    more = f" (the last {MAX_LISTED} of {len(candidates)})" if len(candidates) > MAX_LISTED else ""
+    raise SegxaiError(f"the network has no layer {layer!r}; candidate layers{more}: {listed}")
+
+
+@contextmanager
+def record_outputs(net: nn.Module, names: list[str]) -> Iterator[list[tuple[str, Any, int]]]:
+    """Record `(name, output, version)` for every call of the named modules, in the order they run."""
+    calls: list[tuple[str, Any, int]] = []
+    modules = dict(net.named_modules())
+
+    def hook_for(name: str):
+        def hook(_module, _inputs, output):
+            calls.append((name, output, getattr(output, "_version", 0)))
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in names]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class LayerGradient(NamedTuple):
+    """A layer's activations `(B, K, *grid)`, the target's gradient with respect to them, the target bound on
+    this output, the layer's name and the `(B,)` target scores."""
+
+    activation: torch.Tensor
+    grad: torch.Tensor
+    bound: Target
+    layer: str
+    scores: torch.Tensor
+
+
+def layer_gradient(model: SegModel, x: torch.Tensor, target: Target, layer: str | None) -> LayerGradient:
+    """Activations of `layer` and the gradient of the (self-bound) target's summed scores with respect to them,
+    from one forward and one backward pass.
+
+    `layer=None` takes the second-to-last convolution-like module to run (the last one usually computes the
+    logits, where Grad-CAM reduces to the logit map).
+    """
+    if not target.differentiable:
+        raise SegxaiError(f"target {target.describe()['target']} is not differentiable; use a perturbation method")
+    net = model.net
+    if not isinstance(net, nn.Module):
+        raise SegxaiError("Grad-CAM needs the network as a torch.nn.Module to hook its layers")
+    names = [layer] if layer is not None else conv_layers(net)
+    if layer is not None:
+        find_layer(net, layer)
+    elif not names:
+        raise SegxaiError("the network has no convolution layer; name a layer with layer='dotted.name'")
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad(), record_outputs(net, names) as calls:
+        output = model(x)
+        bound = target.bind(output)
+        scores = evaluate(bound, output)
+    name, activation = _pick_call(calls, layer)
+    (grad,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
+    if grad is None:
+        raise SegxaiError(f"the target score does not depend on layer {name!r}; choose a layer before the output")
+    return LayerGradient(activation.detach().float(), grad.float(), bound, name, scores.detach())
+
+
+def _pick_call(calls: list[tuple[str, Any, int]], layer: str | None) -> tuple[str, torch.Tensor]:
+    """The hooked layer's output from one forward pass, checked to be a usable, unmodified tensor."""
+    order = list(dict.fromkeys(name for name, _, _ in calls))
+    if not order:
+        raise SegxaiError(f"{'layer ' + repr(layer) if layer else 'no convolution'} ran in the forward pass")
+    name = layer if layer is not None else order[-2 if len(order) > 1 else -1]
+    runs = [(output, version) for called, output, version in calls if called == name]
+    if len(runs) > 1:
+        raise SegxaiError(
+            f"layer {name!r} ran {len(runs)} times in one forward pass (sliding-window inference or a shared "
+            "module); Grad-CAM needs a layer that runs once, e.g. explain a crop without the inferer"
+        )
+    output, version = runs[0]
+    if not isinstance(output, torch.Tensor) or output.dim() < 3:
+        raise SegxaiError(f"layer {name!r} returns {type(output).__name__}, not a (B, K, *spatial) feature map")
+    if output._version != version:
+        raise SegxaiError(
+            f"the output of layer {name!r} is modified in place later (e.g. by ReLU(inplace=True)); choose the next layer"
+        )
+    if not output.requires_grad:
+        raise SegxaiError(f"layer {name!r} is not on the path from the input to the output")
+    return name, output
+
+
+def upsample(cam: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Linear (bilinear, trilinear) interpolation of a `(B, 1, *grid)` map to the input grid, as MONAI does."""
+    if cam.dim() - 2 != len(shape):
+        raise SegxaiError(f"the layer's feature map has {cam.dim() - 2} spatial axes but the input has {len(shape)}")
+    if tuple(cam.shape[2:]) == shape:
+        return cam
+    return F.interpolate(cam, size=shape, mode=INTERPOLATION[len(shape)], align_corners=False)
+
+
+class GradCAM(Explainer):
+    """Grad-CAM at `layer`: `L = sum_k a_k A^k` with `a_k` the spatial mean of `dT/dA^k`, upsampled to the input.
+
+    The attribution is one channel `(B, 1, *spatial)`, kept signed and unnormalised (negative where the
+    features count against the target); `relu=True` applies the paper's ReLU before upsampling, as MONAI does.
+    Normalise with `Explanation.normalized()` for display. `layer` is a dotted module name; None takes the
+    second-to-last convolution to run (name a decoder layer of a U-Net explicitly, e.g. the instance-saliency
+    paper's `model.1.submodule.2.conv`). The layer must run once per forward pass (no sliding window).
+    """
+
+    name = "gradcam"
+
+    def __init__(self, model, layer: str | None = None, relu: bool = False) -> None:
+        super().__init__(model)
+        if layer is not None:
+            if not isinstance(self.model.net, nn.Module):
+                raise SegxaiError("Grad-CAM needs the network as a torch.nn.Module to hook its layers")
+            find_layer(self.model.net, layer)
+        self.layer = layer
+        self.relu = bool(relu)
+
+    def params(self) -> dict[str, Any]:
+        return {"layer": self.layer, "relu": self.relu}
+
+    def _attribute(self, x: torch.Tensor, target: Target, roi: torch.Tensor | None, context: Context):
+        found = layer_gradient(self.model, x, target, self.layer)
+        activation = found.activation
+        weights = self.channel_weights(activation, found.grad)
+        cam = (weights.view(*weights.shape, *(1,) * (activation.dim() - 2)) * activation).sum(1, keepdim=True)
+        if self.relu:
+            cam = torch.relu(cam)
+        cam = upsample(cam, tuple(x.shape[2:]))
+        self.run_stats.update(
+            {"layer": found.layer, "layer_shape": list(activation.shape[1:]), "target_score": found.scores.tolist()}
+        )
+        if roi is not None:
+            cam = cam * roi.to(cam.device)
+        return cam, target_footprint(found.bound, x)
+
+    def channel_weights(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """`(B, K)` weights of the layer's channels: the spatial mean of the gradient."""
+        return grad.flatten(2).mean(2)
+
+
+class GradCAMpp(GradCAM):
+    """Grad-CAM++: `w_k = sum_u a_u ReLU(g_u)` with `a_u = g_u^2 / (2 g_u^2 + sum_v A_v g_v^3)`, `g = dT/dA^k`.
+
+    The paper differentiates `S = exp(T)`: its 2nd and 3rd derivatives are `S g^2` and `S g^3` (for a network
+    piecewise linear after the layer), so S cancels in `a` and is a positive factor of every weight. We drop it:
+    the map is MONAI's `GradCAMpp` divided by `exp(T)` (T is `target_score` in the stats), a factor that
+    overflows float32 once T sums hundreds of logits.
+    The denominator sums `A_v g_v^3` over positions as MONAI does (the paper writes `g_u^3 sum_v A_v`; both agree
+    when the gradient is spatially constant, as behind global pooling); where it is 0, `a` is 0.
+    """
+
+    name = "gradcampp"
+
+    def channel_weights(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        squared = grad.pow(2)
+        spread = (activation * grad.pow(3)).flatten(2).sum(2)
+        denominator = 2 * squared + spread.view(*spread.shape, *(1,) * (grad.dim() - 2))
+        nonzero = denominator != 0
+        alpha = torch.where(nonzero, squared / torch.where(nonzero, denominator, torch.ones_like(denominator)), 0.0)
+        return (alpha * torch.relu(grad)).flatten(2).sum(2)
