@@ -41,8 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--model", required=True, help="checkpoint written by `segxai train`")
     explain.add_argument("--image", nargs="+", required=True, help="image file(s); several files are modalities")
     explain.add_argument("--target", required=True,
-                         help="class:CLS | instance:[CLS:]INDEX | voxel:[CLS:]z,y,x")
-    explain.add_argument("--method", default="saliency", help="saliency | occlusion | rise | lime")
+                         help="class:CLS | instance:[CLS:]INDEX | voxel:[CLS:]z,y,x | instances:CLS (every "
+                              "predicted instance of CLS, one map each)")
+    explain.add_argument("--method", default="saliency",
+                         help="saliency | smoothgrad | integrated_gradients | gradcam | gradcampp | occlusion | rise | lime")
+    explain.add_argument("--reference", default=None,
+                         help="with --target instances:CLS, a reference mask file: lesions are typed TP/FP and "
+                              "missed ones (FN) explained on their reference voxels")
     explain.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                          help="a method setting, e.g. --param window=8 --param stride=4 (repeatable)")
     explain.add_argument("--roi", default=None, help="mask:FILE | box:START:SIZE | prediction:CLS[:MARGIN]")
@@ -80,9 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"report: {report}")
         elif args.command == "train":
             _train(args)
+        elif args.command == "explain" and args.target.startswith("instances:"):
+            _explain_instances(args, command)
         elif args.command == "explain":
             from segxai.pipeline import explain_files
 
+            if args.reference:
+                raise SegxaiError("--reference is for --target instances:CLS")
             result = explain_files(
                 args.model, args.image, args.target, args.out, method=args.method, roi=args.roi, seed=args.seed,
                 device=args.device, progress=not args.no_progress, command=command, params=parse_params(args.param),
@@ -104,6 +113,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"segxai: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _explain_instances(args: argparse.Namespace, command: str) -> None:
+    from segxai.pipeline import explain_instance_files
+
+    if args.roi:
+        raise SegxaiError("--roi does not apply to --target instances:CLS (each instance is its own target)")
+    cls = args.target.partition(":")[2]
+    if not cls.isdigit():
+        raise SegxaiError(f"--target instances:CLS needs a class number, got {args.target!r}")
+    result = explain_instance_files(
+        args.model, args.image, int(cls), args.out, method=args.method, reference=args.reference, seed=args.seed,
+        device=args.device, progress=not args.no_progress, command=command, params=parse_params(args.param))
+    counts = {}
+    for row in result.rows:
+        counts[row["type"]] = counts.get(row["type"], 0) + 1
+    stats = result.explanations[0].stats
+    print(f"{args.method}: {len(result.rows)} instance(s) {counts}; {stats['forward_passes']} forward / "
+          f"{stats['backward_passes']} backward passes; report: {result.written['report']}")
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ def workspace(tmp_path_factory):
     brain = brain_phantom((64, 64), n_lesions=4, seed=999)
     for channel, name in zip(brain.image, ("flair", "t1")):
         save_array(channel, scans / f"{name}.nii.gz", like=Image(brain.image, affine, "nifti"))
+    save_array(brain.labels.astype(np.uint8), scans / "lesions.nii.gz", like=Image(brain.image, affine, "nifti"))
     return root, affine
 
 
@@ -65,6 +66,44 @@ def test_explain_one_lesion_of_a_two_modality_scan_inside_an_roi(workspace, caps
     stats = json.loads((tmp_path / "lesion/attribution_stats.json").read_text())
     assert set(stats["modality_share"]) == {"flair", "t1"}
     assert sum(stats["modality_share"].values()) == pytest.approx(1.0)
+
+
+def test_explain_every_lesion_writes_maps_table_and_plots(workspace, capsys, tmp_path):
+    root, affine = workspace
+    code, out, err = run(capsys, "explain", "--model", root / "brain.pt", "--image", root / "scans/flair.nii.gz",
+                         root / "scans/t1.nii.gz", "--target", "instances:1", "--method", "smoothgrad",
+                         "--param", "n_samples=4", "--reference", root / "scans/lesions.nii.gz",
+                         "--out", tmp_path / "lesions", "--no-progress")
+    assert code == 0, err
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "lesions/instances.csv").open()))
+    assert rows and {r["type"] for r in rows} <= {"TP", "FP", "FN"}
+    assert f"{len(rows)} instance(s)" in out and "4 forward" in out  # 4 noise draws shared by every lesion
+    for row in rows:
+        assert float(row["share_flair"]) + float(row["share_t1"]) == pytest.approx(1.0)
+        for name in ("flair", "t1"):
+            saved = nib.load(tmp_path / f"lesions/instances/instance{int(row['id']):03d}_{name}.nii.gz")
+            np.testing.assert_allclose(saved.affine, affine)
+    labels = np.asarray(nib.load(tmp_path / "lesions/instances.nii.gz").dataobj)
+    assert sorted(np.unique(labels[labels > 0]).tolist()) == sorted(int(r["id"]) for r in rows)
+    html = (tmp_path / "lesions/report.html").read_text()
+    for figure in ("radial_profile.png", "modality_share.png", "peak_by_type.png", "instances/instance001_overlay.png"):
+        assert figure in html and (tmp_path / "lesions" / figure).is_file()
+
+
+def test_explain_every_lesion_with_grad_cam_plus_plus(workspace, capsys, tmp_path):
+    root, _ = workspace
+    code, out, err = run(capsys, "explain", "--model", root / "brain.pt", "--image", root / "scans/flair.nii.gz",
+                         root / "scans/t1.nii.gz", "--target", "instances:1", "--method", "gradcampp",
+                         "--out", tmp_path / "cam", "--no-progress")
+    assert code == 0, err
+    rows = list(__import__("csv").DictReader((tmp_path / "cam/instances.csv").open()))
+    assert rows and all(r["type"] == "predicted" for r in rows)
+    code, _, err = run(capsys, "explain", "--model", root / "brain.pt", "--image", root / "scans/flair.nii.gz",
+                       root / "scans/t1.nii.gz", "--target", "instances:1", "--method", "gradcampp",
+                       "--param", "layer='no.such.layer'", "--out", tmp_path / "cam2", "--no-progress")
+    assert code == 2 and "no.such.layer" in err and "Traceback" not in err
 
 
 def test_explain_with_roi_guided_occlusion_and_method_settings(workspace, capsys, tmp_path):

@@ -395,3 +395,14 @@ def test_bad_inputs_raise_segxai_errors(dims):
         M.inside_vs_rings(saliency, lesion, connectivity=4)
     with pytest.raises(SegxaiError, match="rings"):
         M.inside_vs_rings(saliency, lesion, width=0)
+
+
+def test_instance_report_compares_peaks_only_with_two_typed_groups():
+    from segxai.pipeline import _peak_comparison
+
+    rows = [{"type": "TP", "peak": p} for p in (5.0, 6.0, 7.0, 8.0)] + [{"type": "FP", "peak": p} for p in (1.0, 2.0)]
+    (section,) = _peak_comparison(rows)
+    auroc_row = next(row for row in section.table if row["test"].startswith("AUROC"))
+    assert auroc_row["value"] == 1.0  # every TP peak is above every FP peak
+    assert section.table[0]["test"] == "Kruskal-Wallis" and section.table[0]["p"] < 0.1
+    assert _peak_comparison(rows[:5]) == []  # a single FP lesion is no group

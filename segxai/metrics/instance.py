@@ -469,27 +469,53 @@ def instance_table(
     if unknown:
         raise SegxaiError(f"saliency given for unknown lesion id(s) {sorted(unknown)}")
     voxel_volume = 1.0 if spacing is None else math.prod(_spacing(spacing, types.predicted.ndim))
+    return [
+        _instance_row({"id": lesion.id, "type": lesion.type, "source": lesion.source, "label": lesion.label},
+                      types.mask(lesion), maps[lesion.id], channel, channel_names, margin, rings, connectivity,
+                      voxel_volume)
+        for lesion in types.lesions if lesion.id in maps
+    ]
+
+
+def instance_rows(
+    explanations: Sequence[Explanation],
+    *,
+    channel: int = 0,
+    channel_names: Sequence[str] | None = None,
+    margin: int = 3,
+    rings: int = 3,
+    connectivity: int | None = None,
+    spacing: Sequence[float] | None = None,
+) -> list[dict[str, Any]]:
+    """The `instance_table` rows of `segxai.explain_instances` results: each explanation's stats name its
+    instance and type, and its `target_mask` holds the instance's voxels."""
     rows = []
-    for lesion in types.lesions:
-        if lesion.id not in maps:
-            continue
-        mask = types.mask(lesion)
-        values, _ = _saliency(maps[lesion.id], mask.shape)
-        if not 0 <= channel < len(values):
-            raise SegxaiError(f"channel {channel} is out of range for a saliency with {len(values)} channel(s)")
-        names = list(channel_names) if channel_names is not None else [f"c{c}" for c in range(len(values))]
-        if len(names) != len(values):
-            raise SegxaiError(f"{len(names)} channel names for a saliency with {len(values)} channel(s)")
-        shares = modality_share(values, dilate(mask, margin, connectivity))
-        rows.append({
-            "id": lesion.id,
-            "type": lesion.type,
-            "source": lesion.source,
-            "label": lesion.label,
-            "voxels": int(mask.sum()),
-            "volume": float(mask.sum()) * voxel_volume,
-            "peak": peak_saliency(values[channel], mask, margin=margin, connectivity=connectivity),
-            **inside_vs_rings(values[channel], mask, rings=rings, connectivity=connectivity),
-            **{f"share_{name}": float(share) for name, share in zip(names, shares)},
-        })
+    for explanation in explanations:
+        stats = explanation.stats
+        if explanation.target_mask is None or "instance" not in stats:
+            raise SegxaiError("instance_rows takes the explanations explain_instances returns (one per instance)")
+        mask = _mask(explanation.target_mask)
+        voxel_volume = 1.0 if spacing is None else math.prod(_spacing(spacing, mask.ndim))
+        rows.append(_instance_row({"id": stats["instance"], "type": stats["instance_type"]}, mask, explanation,
+                                  channel, channel_names, margin, rings, connectivity, voxel_volume))
     return rows
+
+
+def _instance_row(fields: dict[str, Any], mask: np.ndarray, saliency: SaliencyLike, channel: int,
+                  channel_names: Sequence[str] | None, margin: int, rings: int, connectivity: int | None,
+                  voxel_volume: float) -> dict[str, Any]:
+    values, _ = _saliency(saliency, mask.shape)
+    if not 0 <= channel < len(values):
+        raise SegxaiError(f"channel {channel} is out of range for a saliency with {len(values)} channel(s)")
+    names = list(channel_names) if channel_names is not None else [f"c{c}" for c in range(len(values))]
+    if len(names) != len(values):
+        raise SegxaiError(f"{len(names)} channel names for a saliency with {len(values)} channel(s)")
+    shares = modality_share(values, dilate(mask, margin, connectivity))
+    return {
+        **fields,
+        "voxels": int(mask.sum()),
+        "volume": float(mask.sum()) * voxel_volume,
+        "peak": peak_saliency(values[channel], mask, margin=margin, connectivity=connectivity),
+        **inside_vs_rings(values[channel], mask, rings=rings, connectivity=connectivity),
+        **{f"share_{name}": float(share) for name, share in zip(names, shares)},
+    }

@@ -77,14 +77,14 @@ def save_overlay(
     channels = arrays.pop("image")
     weights = next((a for a in arrays.values() if a is not None and a.any()), None)
     plan = _plan(channels.shape[1:], axis, slice_index, weights)
-    fig = _new_figure(_OVERLAY_INCHES, _OVERLAY_INCHES)
+    fig = new_figure(_OVERLAY_INCHES, _OVERLAY_INCHES)
     ax = fig.add_subplot()
     _draw_underlay(ax, channels, plan)
     if attribution is not None:
         _draw_map(fig, ax, _plane(arrays["attribution"], plan), signed, alpha)
     _draw_contours(ax, _plane(arrays["mask"], plan), _plane(arrays["roi"], plan), legend=True)
     ax.set_title(_title(title, plan, channels.shape[1:]), fontsize=11)
-    return write_bytes(path, _png_bytes(fig))
+    return write_bytes(path, png_bytes(fig))
 
 
 def save_montage(
@@ -108,7 +108,7 @@ def save_montage(
     channels, mask_arr = arrays.pop("image"), arrays.pop("mask")
     weights = _joint_weights(list(arrays.values()))
     plan = _plan(channels.shape[1:], axis, slice_index, mask_arr if weights is None else weights)
-    fig = _new_figure(_MONTAGE_PANEL_INCHES * len(maps), _MONTAGE_PANEL_INCHES)
+    fig = new_figure(_MONTAGE_PANEL_INCHES * len(maps), _MONTAGE_PANEL_INCHES)
     for i, (name, arr) in enumerate(zip(maps, arrays.values())):
         ax = fig.add_subplot(1, len(maps), i + 1)
         _draw_underlay(ax, channels, plan)
@@ -117,7 +117,7 @@ def save_montage(
         ax.set_title(str(name), fontsize=11)
     if plan is not None:
         fig.suptitle(_title(None, plan, channels.shape[1:]), fontsize=11)
-    return write_bytes(path, _png_bytes(fig))
+    return write_bytes(path, png_bytes(fig))
 
 
 def _validate(image: np.ndarray, named: dict[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
@@ -194,13 +194,13 @@ def _title(title: str | None, plan: Plan, spatial: tuple[int, ...]) -> str:
     return f"{title}\n{where}" if title else where
 
 
-def _new_figure(width: float, height: float) -> MplFigure:
+def new_figure(width: float, height: float) -> MplFigure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=_DPI, layout="compressed")
 
 
-def _png_bytes(fig: MplFigure) -> bytes:
+def png_bytes(fig: MplFigure) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     buffer = io.BytesIO()
