@@ -221,11 +221,12 @@ def _peak_comparison(rows: list[dict[str, Any]]) -> list[Any]:
 
 
 def modality_share(explanation: Explanation, channel_names: Sequence[str]) -> dict[str, float]:
-    """Each input channel's share of the total |attribution| (sums to 1): which modality the model relied on."""
-    channel_axis = 1 if explanation.batched else 0
-    mass = explanation.attribution.abs().sum(dim=tuple(d for d in range(explanation.attribution.ndim) if d != channel_axis))
-    total = float(mass.sum())
-    return {name: (float(m) / total if total > 0 else 0.0) for name, m in zip(channel_names, mass)}
+    """Each input channel's share of the total |attribution| over the whole grid (sums to 1; 0 for an all-zero
+    map): which modality the model relied on."""
+    from segxai.metrics.instance import modality_share as share_in
+
+    shares = share_in(explanation, np.ones(explanation.spatial_shape, dtype=bool))
+    return {name: float(np.nan_to_num(share)) for name, share in zip(channel_names, shares)}
 
 
 def _write_report(out: Path, explanation: Explanation, written: dict[str, Path], config: dict, share: dict, title: str, command: str | None) -> Path:
