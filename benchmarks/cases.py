@@ -87,18 +87,8 @@ def ct_data() -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str]]:
 
 
 def polyp_data() -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str]]:
-    """The 40 EndoTect images (RGB, 0..255) resized with anti-aliasing to 128x128, masks with nearest."""
-    from skimage.transform import resize
-
-    from segxai.data import load_endotect
-
-    images, labels = [], []
-    for case in load_endotect():
-        rgb = resize(case.image.array, (3, *POLYP_SIZE), order=1, anti_aliasing=True, preserve_range=True)
-        mask = resize(case.labels, POLYP_SIZE, order=0, anti_aliasing=False, preserve_range=True)
-        images.append(rgb.astype(np.float32))
-        labels.append(mask.astype(np.int64))
-    return images, labels, {1: "polyp"}
+    """The 40 EndoTect images (RGB, 0..255) at 128x128, masks with nearest."""
+    return polyp_data_at(POLYP_SIZE)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -113,14 +103,7 @@ def load_case(name: str, progress: bool = False) -> Case:
         images, labels, names = ct_data()
         model, config = _cached(f"ct-{CT_STEPS}steps", lambda: _train_ct(images, labels, names, progress))
     elif name == "polyp":
-        images, labels, names = polyp_data()
-        train, test = slice(0, POLYP_TRAIN), slice(POLYP_TRAIN, None)
-        key = f"polyp-{'x'.join(map(str, POLYP_SIZE))}-{POLYP_STEPS}steps"
-        model, config = _cached(key, lambda: train_segmenter(
-            images[train], labels[train], names=names, intensity={"kind": "scale", "factor": 1 / 255},
-            channel_names=["R", "G", "B"], val_images=images[test], val_labels=labels[test],
-            steps=POLYP_STEPS, batch_size=8, seed=SEED, progress=progress))
-        images, labels = images[test], labels[test]
+        return _polyp_case("polyp", POLYP_SIZE, POLYP_STEPS, 8, progress)[0]
     else:
         raise ValueError(f"unknown case {name!r}; choose phantom, ct or polyp")
     return Case(name, images, labels, names, model, config, config.get("validation_dice", {}))
@@ -142,3 +125,42 @@ def _cached(key: str, train: Callable[[], TrainResult]) -> tuple[SegModel, dict[
         result = train()
         save_checkpoint(path, result.net, result.config)
     return load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------------------------- 256x256 polyps
+POLYP_256_SIZE = (256, 256)  # PdCR's input size (the causal-blocks benchmark)
+POLYP_256_STEPS = 200  # batch 4: a 256x256 step costs four times a 128x128 one
+
+
+def polyp_data_at(size: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str]]:
+    """The 40 EndoTect images (RGB, 0..255) resized with anti-aliasing to `size`, masks with nearest."""
+    from skimage.transform import resize
+
+    from segxai.data import load_endotect
+
+    images, labels = [], []
+    for case in load_endotect():
+        rgb = resize(case.image.array, (3, *size), order=1, anti_aliasing=True, preserve_range=True)
+        images.append(rgb.astype(np.float32))
+        labels.append(resize(case.labels, size, order=0, anti_aliasing=False, preserve_range=True).astype(np.int64))
+    return images, labels, {1: "polyp"}
+
+
+def load_polyp_256(progress: bool = False) -> tuple[Case, list[np.ndarray]]:
+    """The 10 held-out polyps at 256x256 with a 2D U-Net trained on the other 30 at that size (cached), and
+    those 30 training images (raw), e.g. as a pool of treatments drawn from other images."""
+    return _polyp_case("polyp256", POLYP_256_SIZE, POLYP_256_STEPS, 4, progress)
+
+
+def _polyp_case(name: str, size: tuple[int, int], steps: int, batch_size: int,
+                progress: bool) -> tuple[Case, list[np.ndarray]]:
+    """Held-out polyps at `size` with a 2D U-Net trained (cached) on the others, and those training images."""
+    images, labels, names = polyp_data_at(size)
+    train, test = slice(0, POLYP_TRAIN), slice(POLYP_TRAIN, None)
+    key = f"polyp-{'x'.join(map(str, size))}-{steps}steps"
+    model, config = _cached(key, lambda: train_segmenter(
+        images[train], labels[train], names=names, intensity={"kind": "scale", "factor": 1 / 255},
+        channel_names=["R", "G", "B"], val_images=images[test], val_labels=labels[test],
+        steps=steps, batch_size=batch_size, seed=SEED, progress=progress))
+    case = Case(name, images[test], labels[test], names, model, config, config.get("validation_dice", {}))
+    return case, images[train]

@@ -24,7 +24,6 @@ import argparse
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from datetime import date
 from functools import partial
 from pathlib import Path

@@ -6,8 +6,7 @@ The core objects are a model adapter (`SegModel`), targets (`segxai.targets`), r
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from segxai.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -24,19 +23,11 @@ _LAZY_ATTRIBUTES = {
     "SmoothGrad": "segxai.methods",
     "GradCAM": "segxai.methods",
     "GradCAMpp": "segxai.methods",
+    "CausalBlocks": "segxai.methods",
 }
-_LAZY_MODULES = {"targets", "roi", "io", "data", "methods", "metrics", "report", "train", "errors", "model", "explanation"}
+_LAZY_MODULES = {
+    "targets", "roi", "io", "data", "methods", "metrics", "report", "train", "errors", "model", "explanation",
+    "localize", "explainseg", "runs",
+}
 
-__all__ = sorted(_LAZY_ATTRIBUTES) + sorted(_LAZY_MODULES)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
-    if name in _LAZY_MODULES:
-        return importlib.import_module(f"segxai.{name}")
-    raise AttributeError(f"module 'segxai' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _LAZY_ATTRIBUTES, _LAZY_MODULES)

@@ -48,33 +48,50 @@ def total_stride(config: dict[str, Any]) -> int:
     return stride
 
 
-def save_checkpoint(path: str | Path, net: nn.Module, config: dict[str, Any]) -> Path:
-    """Write the network's weights and configuration atomically."""
+def write_payload(path: str | Path, fmt: str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:
+    """Write `{"format", "config", "state_dict"}` atomically (the layout every segxai checkpoint uses)."""
     from segxai.io import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in state.items()}
     with atomic_write(path) as tmp:
-        torch.save({"format": FORMAT, "config": config, "state_dict": state}, tmp)
+        torch.save({"format": fmt, "config": config, "state_dict": state}, tmp)
     return path
+
+
+def read_weights(path: str | Path, what: str) -> Any:
+    """`torch.load(path, weights_only=True)` with a clear error naming `what` (e.g. "a segxai checkpoint") when
+    the file is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegxaiError(f"cannot read {what} from {path}: the file does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        reason = (str(error).strip().splitlines() or ["(no details)"])[0]
+        raise SegxaiError(f"cannot read {what} from {path}: {type(error).__name__}: {reason}") from None
+
+
+def read_payload(path: str | Path, fmt: str, what: str, hint: str) -> dict[str, Any]:
+    """Read a checkpoint written by `write_payload` with format `fmt`; `hint` says how to make a valid one."""
+    payload = read_weights(path, what)
+    if not isinstance(payload, dict) or payload.get("format") != fmt or not isinstance(payload.get("state_dict"), dict):
+        raise SegxaiError(f"{path} is not {what} (a dict with format {fmt!r}, config and state_dict); {hint}")
+    return payload
+
+
+def save_checkpoint(path: str | Path, net: nn.Module, config: dict[str, Any]) -> Path:
+    """Write the network's weights and configuration atomically."""
+    return write_payload(path, FORMAT, config, net.state_dict())
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> tuple[SegModel, dict[str, Any]]:
     """Read a segxai checkpoint (weights only, no pickled code) and return a ready SegModel and its config."""
-    path = Path(path)
-    if not path.is_file():
-        raise SegxaiError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        reason = (str(error).strip().splitlines() or ["(no details)"])[0]
-        raise SegxaiError(f"cannot read checkpoint {path}: {type(error).__name__}: {reason}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("state_dict"), dict):
-        raise SegxaiError(
-            f"{path} is not a segxai checkpoint (a dict with format {FORMAT!r}, config and state_dict); "
-            "train one with `segxai train`, or wrap your own network with segxai.SegModel in Python"
-        )
+    payload = read_payload(
+        path, FORMAT, "a segxai checkpoint",
+        "train one with `segxai train`, or wrap your own network with segxai.SegModel in Python",
+    )
     config = payload["config"]
     net = build_network(config)
     try:

@@ -45,6 +45,11 @@ def parse_roi(spec: str | None, image: Any, model: SegModel, x: torch.Tensor) ->
         if kind == "prediction":
             cls, _, margin = rest.partition(":")
             return roi.from_prediction(model, x, int(cls), float(margin or 0))
+        if kind == "text" and "@" in rest:
+            from segxai.localize import load_localizer
+
+            prompt, _, path = rest.rpartition("@")
+            return roi.from_text(prompt, load_localizer(path), image.array)
     except ValueError as error:
         if isinstance(error, SegxaiError):
             raise

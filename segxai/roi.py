@@ -7,7 +7,7 @@ gradient probe when not given), aligned to the network's down-sampling factor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from segxai.errors import SegxaiError
 from segxai.model import SegModel
 
 MaskLike = torch.Tensor | np.ndarray
+
+if TYPE_CHECKING:
+    from segxai.localize.model import Localizer
 
 
 def as_roi(roi: MaskLike | None, spatial_shape: Sequence[int]) -> torch.Tensor | None:
@@ -66,6 +69,15 @@ def from_prediction(model: SegModel, inputs: MaskLike, cls: int, margin: float =
     if not bool(predicted.any()):
         raise SegxaiError(f"the model predicts no voxel of class {cls}, so the ROI would be empty")
     return from_mask(predicted.cpu(), margin)
+
+
+def from_text(prompt: str, localizer: Localizer, image: MaskLike, margin: float = 8, **options: object) -> torch.Tensor:
+    """An ROI from a text prompt ("left kidney") on one raw `(C, *spatial)` image with a trained localizer,
+    grown by `margin` voxels; `options` go to `segxai.localize.roi_from_probability` (threshold, components,
+    spacing, fallback)."""
+    from segxai.localize import roi_from_text
+
+    return roi_from_text(prompt, localizer, image, margin=margin, **options)
 
 
 @dataclass(frozen=True)

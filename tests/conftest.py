@@ -8,6 +8,16 @@ from torch import nn
 DIMS = [2, 3]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module on one thread: tiny networks run fastest, and identically, without thread start-up and
+    contention on shared cores. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def conv(dims: int, *args, **kwargs) -> nn.Module:
     return (nn.Conv2d if dims == 2 else nn.Conv3d)(*args, **kwargs)
 

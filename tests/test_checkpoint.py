@@ -49,7 +49,7 @@ def test_pickled_code_is_never_run(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as handle:
         pickle.dump({"format": "segxai-checkpoint-1", "config": Payload()}, handle, protocol=2)
-    with pytest.raises(SegxaiError, match="cannot read checkpoint"):
+    with pytest.raises(SegxaiError, match="cannot read a segxai checkpoint"):
         load_checkpoint(path)
     assert "must never run" not in capsys.readouterr().out
 
@@ -58,7 +58,7 @@ def test_pickled_code_is_never_run(tmp_path, capsys):
 def test_unreadable_files_are_clear_errors(tmp_path, content):
     path = tmp_path / "broken.pt"
     path.write_bytes(content)
-    with pytest.raises(SegxaiError, match="cannot read checkpoint"):
+    with pytest.raises(SegxaiError, match="cannot read a segxai checkpoint"):
         load_checkpoint(path)
 
 

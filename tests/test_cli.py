@@ -106,6 +106,60 @@ def test_explain_every_lesion_with_grad_cam_plus_plus(workspace, capsys, tmp_pat
     assert code == 2 and "no.such.layer" in err and "Traceback" not in err
 
 
+@pytest.fixture(scope="module")
+def other_scans(workspace):
+    """Two more CT phantoms: the treatment pool and the donors of the causal commands."""
+    root, affine = workspace
+    folder = root / "others"
+    folder.mkdir(exist_ok=True)
+    for seed in (1, 2):
+        ct = abdomen_phantom((64, 64), seed=seed)
+        save_array(ct.image[0], folder / f"ct{seed}.nii.gz", like=Image(ct.image, affine, "nifti"))
+    return folder
+
+
+def test_causal_blocks_on_a_region_with_a_patch_pool(workspace, other_scans, capsys, tmp_path):
+    root, affine = workspace
+    code, out, err = run(capsys, "causal", "--model", root / "abdomen.pt", "--image", root / "scans/ct.nii.gz",
+                         "--region", "box:24,24,16", "--cls", "1", "--pool", other_scans, "--param", "draws=6",
+                         "--out", tmp_path / "causal", "--no-progress")
+    assert code == 0, err
+    ate = nib.load(tmp_path / "causal/ate_all.nii.gz")
+    np.testing.assert_allclose(ate.affine, affine)
+    values = np.asarray(ate.dataobj)
+    assert values[24:40, 24:40].sum() == 0  # blocks in the region are never treated
+    import csv
+
+    blocks = list(csv.DictReader((tmp_path / "causal/blocks.csv").open()))
+    assert blocks and all(int(b["draws"]) in (0, 3, 6) for b in blocks)
+    html = (tmp_path / "causal/report.html").read_text()
+    assert "causal_overlay.png" in html and "causal_pie.png" in html
+    code, _, err = run(capsys, "causal", "--model", root / "abdomen.pt", "--image", root / "scans/ct.nii.gz",
+                       "--region", "box:24,24", "--out", tmp_path / "bad", "--no-progress")
+    assert code == 2 and "box:CORNER,SIDE" in err
+
+
+def test_causal_components_rank_layers_by_resample_ablation(workspace, other_scans, capsys, tmp_path):
+    root, _ = workspace
+    from segxai.checkpoint import load_checkpoint
+    from segxai.methods.cam import conv_layers
+
+    layers = conv_layers(load_checkpoint(root / "abdomen.pt")[0].net)[:2]
+    code, out, err = run(capsys, "causal", "components", "--model", root / "abdomen.pt", "--image",
+                         root / "scans/ct.nii.gz", "--region", "box:16,16,32", "--layers", ",".join(layers),
+                         "--donors", other_scans, "--param", "draws=2", "--out", tmp_path / "comp", "--no-progress")
+    assert code == 0, err
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "comp/components.csv").open()))
+    assert sorted(r["layer"] for r in rows) == sorted(layers)
+    assert "report.html" in out
+    code, _, err = run(capsys, "causal", "components", "--model", root / "abdomen.pt", "--image",
+                       root / "scans/ct.nii.gz", "--region", "box:16,16,32", "--layers", "nope",
+                       "--out", tmp_path / "comp2", "--no-progress")
+    assert code == 2 and "nope" in err
+
+
 def test_explain_with_roi_guided_occlusion_and_method_settings(workspace, capsys, tmp_path):
     root, affine = workspace
     code, out, err = run(capsys, "explain", "--model", root / "abdomen.pt", "--image", root / "scans/ct.nii.gz",

@@ -4,8 +4,7 @@ Attributes load lazily, so `import segxai.data` stays cheap and each part only i
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from segxai.lazy import lazy_exports
 
 _LAZY_ATTRIBUTES = {
     "Phantom": "segxai.data.phantoms",
@@ -21,14 +20,4 @@ _LAZY_ATTRIBUTES = {
     "load_nuclei": "segxai.data.shared",
 }
 
-__all__ = sorted(_LAZY_ATTRIBUTES)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
-    raise AttributeError(f"module 'segxai.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _LAZY_ATTRIBUTES)

@@ -6,9 +6,11 @@ from typing import Any
 from segxai.errors import SegxaiError
 from segxai.methods.base import Explainer
 from segxai.methods.cam import GradCAM, GradCAMpp
+from segxai.methods.components import ComponentEffect, ComponentEffects, ComponentReport, ModelComparison, compare_models
 from segxai.methods.gradient import Saliency
 from segxai.methods.integrated import IntegratedGradients
 from segxai.methods.perturb import LIME, RISE, Occlusion
+from segxai.methods.perturb.causal_blocks import CausalBlocks
 from segxai.methods.smoothgrad import SmoothGrad
 
 METHODS: dict[str, type[Explainer]] = {
@@ -20,19 +22,26 @@ METHODS: dict[str, type[Explainer]] = {
     "occlusion": Occlusion,
     "rise": RISE,
     "lime": LIME,
+    "causal_blocks": CausalBlocks,
 }
 
 __all__ = [
+    "CausalBlocks",
+    "ComponentEffect",
+    "ComponentEffects",
+    "ComponentReport",
     "Explainer",
     "GradCAM",
     "GradCAMpp",
     "IntegratedGradients",
     "LIME",
     "METHODS",
+    "ModelComparison",
     "Occlusion",
     "RISE",
     "Saliency",
     "SmoothGrad",
+    "compare_models",
     "get_method",
 ]
 

@@ -6,6 +6,7 @@ from segxai.metrics.comparison import (
     write_csv,
 )
 from segxai.metrics.faithfulness import Curve, deletion_curve, insertion_curve
+from segxai.metrics.faithfulness import BlockCurve, SignConsistency, block_intervention_curve, sign_consistency
 from segxai.metrics.instance import (
     Lesion,
     LesionTypes,
@@ -36,13 +37,16 @@ from segxai.metrics.localization import (
 from segxai.metrics.overlap import as_mask, dice, iou
 
 __all__ = [
+    "BlockCurve",
     "Curve",
     "Lesion",
     "LesionTypes",
     "RadialProfile",
+    "SignConsistency",
     "as_mask",
     "auroc",
     "binarize_map",
+    "block_intervention_curve",
     "compare_groups",
     "compare_roi_guided",
     "context_experiment",
@@ -66,6 +70,7 @@ __all__ = [
     "radial_profile",
     "relative_change",
     "roi_baseline",
+    "sign_consistency",
     "signed_distance",
     "spatial_map",
     "write_csv",

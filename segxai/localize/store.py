@@ -1,0 +1,42 @@
+"""Localizer checkpoints, following `segxai.checkpoint`: a plain dict read back with `weights_only=True`.
+
+Only the trained part is stored (context, U-Net, FiLM, head) with the config; the frozen text encoder is rebuilt
+from its spec (the tiny encoder from its seed, a sentence-transformer from its local folder or package), or
+given explicitly when it lives elsewhere on the loading machine.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from segxai.checkpoint import read_payload, write_payload
+from segxai.errors import SegxaiError
+from segxai.localize.model import Localizer
+from segxai.localize.text import TextEncoder, build_encoder
+
+FORMAT = "segxai-localizer-1"
+
+
+def save_localizer(path: str | Path, localizer: Localizer) -> Path:
+    """Write the localizer's trained weights and configuration atomically."""
+    state = {k: v for k, v in localizer.state_dict().items() if not k.startswith("encoder.")}
+    return write_payload(path, FORMAT, localizer.config, state)
+
+
+def load_localizer(path: str | Path, encoder: TextEncoder | None = None,
+                   device: str | torch.device | None = None) -> Localizer:
+    """Read a localizer checkpoint (no pickled code); `encoder` overrides the one its config names."""
+    payload = read_payload(path, FORMAT, "a segxai localizer checkpoint", "train one with `segxai localize train`")
+    config = payload["config"]
+    encoder = encoder or build_encoder(config["encoder"])
+    if encoder.spec().get("kind") != config["encoder"].get("kind"):
+        raise SegxaiError(f"{path} was trained with a {config['encoder'].get('kind')} text encoder, "
+                          f"not {encoder.spec().get('kind')}")
+    localizer = Localizer(encoder, config)
+    missing, unexpected = localizer.load_state_dict(payload["state_dict"], strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise SegxaiError(f"localizer checkpoint {path} does not match its configuration "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return localizer.to(device or "cpu").eval()

@@ -1,0 +1,137 @@
+"""Fit a localizer on label maps and organ names (Dice + BCE), and measure its Dice per prompt.
+
+Each step draws (image, class) pairs and one of the class's prompts; the target is that class's mask, which may
+be empty (a slice without the organ), so the Dice term is computed over the whole batch. Only the CoOp context,
+the U-Net, the FiLM layers and the text head train; every random draw comes from `seed`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from segxai.checkpoint import PRESETS
+from segxai.errors import SegxaiError
+from segxai.localize.model import Localizer
+from segxai.localize.text import TextEncoder, check_prompts
+from segxai.preprocess import normalize_intensity
+from segxai.progress import progress_bar
+
+
+def default_prompt(name: str) -> str:
+    """The training prompt of a class name: `kidney_left` -> `kidney left`."""
+    return name.replace("_", " ")
+
+
+def train_localizer(
+    images: Sequence[np.ndarray],
+    label_maps: Sequence[np.ndarray],
+    names: Mapping[int, str],
+    encoder: TextEncoder,
+    *,
+    prompts: Mapping[int, Sequence[str]] | None = None,
+    n_context: int = 16,
+    class_context: bool = False,
+    context_init: str | None = None,
+    intensity: dict[str, Any] | None = None,
+    features: int = 16,
+    steps: int = 300,
+    batch_size: int = 8,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> Localizer:
+    """Train a `Localizer` on `(C, *spatial)` images and label maps; `names` maps label values to organ names.
+
+    `prompts` gives the training prompts per label (default: the name with `_` as spaces); `context_init`
+    initialises the context from a phrase (then M is its token count) instead of N(0, 0.02^2) with M =
+    `n_context`; `class_context` learns one context per class instead of one shared context.
+    """
+    from monai.losses import DiceLoss
+
+    images, labels = _check_data(images, label_maps)
+    if not names:
+        raise SegxaiError("names must map at least one label value to an organ name")
+    values = sorted(int(v) for v in names)
+    options = [check_prompts(list((prompts or {}).get(v) or [default_prompt(names[v])])) for v in values]
+    dims = images[0].ndim - 1
+    preset = PRESETS.get(f"unet{dims}d")
+    if preset is None:
+        raise SegxaiError(f"the localizer takes 2D or 3D images (C, *spatial), got {images[0].ndim - 1} spatial axes")
+    config = {
+        "network": {**preset, "in_channels": int(images[0].shape[0]), "out_channels": int(features)},
+        "classes": [str(names[v]) for v in values], "labels": values, "prompts": options,
+        "n_context": int(n_context), "class_context": bool(class_context), "context_init": context_init,
+        "intensity": intensity, "encoder": encoder.spec(), "seed": int(seed),
+    }
+    _check_grid(images[0].shape[1:], int(np.prod(preset["strides"])))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        localizer = Localizer(encoder, config)
+    config["n_context"] = int(localizer.context.shape[1])
+    x_all = torch.from_numpy(np.stack([normalize_intensity(i, intensity) for i in images]))
+    y_all = torch.from_numpy(np.stack(labels))
+    rng = np.random.default_rng(seed)
+    trainable = [p for n, p in localizer.named_parameters() if not n.startswith("encoder.")]
+    optimiser = torch.optim.Adam(trainable, lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    dice_loss, bce = DiceLoss(sigmoid=True, batch=True), torch.nn.BCEWithLogitsLoss()
+    localizer.train()
+    for _ in progress_bar(range(steps), enabled=progress, desc="training localizer"):
+        cases = rng.integers(len(x_all), size=batch_size)
+        classes = rng.integers(len(values), size=batch_size)
+        batch_prompts = [options[c][rng.integers(len(options[c]))] for c in classes]
+        target = (y_all[cases] == torch.tensor([values[c] for c in classes]).view(-1, *[1] * dims))[:, None].float()
+        optimiser.zero_grad()
+        logits = localizer(x_all[cases], batch_prompts)
+        loss = dice_loss(logits, target) + bce(logits, target)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        localizer.history.append(float(loss.detach()))
+    localizer.eval()
+    return localizer
+
+
+def localizer_dice(
+    localizer: Localizer,
+    images: Sequence[np.ndarray],
+    label_maps: Sequence[np.ndarray],
+    prompts: Mapping[str, int],
+    threshold: float = 0.5,
+) -> dict[str, float]:
+    """Mean Dice over cases of `probability >= threshold` against the label for each `prompt -> label value`
+    (1.0 when both are empty, as in `segxai.train.dice_per_class`)."""
+    from segxai.train import dice_per_class
+
+    images, labels = _check_data(images, label_maps)
+    scores: dict[str, float] = {}
+    for prompt, value in prompts.items():
+        per_case = []
+        for image, truth in zip(images, labels):
+            predicted = (localizer.predict(image, prompt) >= threshold).astype(np.int64)
+            per_case.append(dice_per_class(predicted, (truth == value).astype(np.int64), [1])[1])
+        scores[prompt] = float(np.mean(per_case))
+    return scores
+
+
+def _check_data(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    if len(images) == 0 or len(images) != len(label_maps):
+        raise SegxaiError(f"need the same, non-zero number of images and label maps (got {len(images)} and {len(label_maps)})")
+    images = [np.asarray(i, dtype=np.float32) for i in images]
+    labels = [np.asarray(l).astype(np.int64) for l in label_maps]
+    for index, (image, label) in enumerate(zip(images, labels)):
+        if image.ndim < 3 or image.shape != images[0].shape:
+            raise SegxaiError(f"image {index} has shape {image.shape}; all images need one (C, *spatial) shape, "
+                              f"the first has {images[0].shape}")
+        if label.shape != image.shape[1:]:
+            raise SegxaiError(f"label map {index} has shape {label.shape} but its image grid is {image.shape[1:]}")
+        if not np.isfinite(image).all():
+            raise SegxaiError(f"image {index} holds NaN or infinite values")
+    return images, labels
+
+
+def _check_grid(spatial: Sequence[int], stride: int) -> None:
+    if min(spatial) == 0 or any(n % stride for n in spatial):
+        raise SegxaiError(f"training grid {tuple(spatial)} must be non-empty and a multiple of the stride {stride}")

@@ -1,0 +1,29 @@
+"""Dataset-scale runs (`segxai run CONFIG.yaml`): cases x methods x targets x ROI providers, the evaluation suite
+per explanation, a resumable manifest, summary tables and one HTML report; in-process or on Ray.
+
+A configuration (every key checked; relative paths are read from the file's folder)::
+
+    model: {checkpoint: abdomen.pt, device: cpu}
+    dataset:
+      root: data                   # one image file per case, or one sub-folder per case (modalities / DICOM)
+      layout: folder               # or kvasir-seg (images/, masks/{name}), msd (imagesTr/, labelsTr/{name})
+      masks: labels/{case}.nii.gz  # {case}: the case name, {name}: the image file name
+      modalities: ["*flair*", "*t1*"]   # order of a sub-folder's files (optional)
+    methods: [saliency, {name: occlusion, params: {window: 8, stride: 8}}]
+    targets: ["class:1", "instance:1:2"]
+    rois: [none, "mask:4", "prediction:4"]
+    evaluation:
+      threshold: 0.5               # binarisation for Dice/IoU
+      faithfulness: {steps: 10}    # deletion/insertion; `false` switches a part off
+      sanity: {steps: 3, max_correlation: 0.5}
+      stability: {noise: 0.05, samples: 1}
+    out: run_out
+    report: {cases: 8}             # cases shown in the report's grid
+
+Outputs: `out/cases/<case>/<method>/` (maps with the source geometry, overlays, stats JSON), `manifest.jsonl`,
+`rows.csv`, `summary_by_*.csv` (and `.parquet` with pandas + pyarrow), `figures/` and `report.html`.
+"""
+from segxai.runs.config import RunConfig, load_config, parse_config
+from segxai.runs.runner import RunResult, run
+
+__all__ = ["RunConfig", "RunResult", "load_config", "parse_config", "run"]

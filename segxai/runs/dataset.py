@@ -1,0 +1,91 @@
+"""Find the cases of a dataset folder: one image file per case, or one sub-folder per case.
+
+A sub-folder holds either the case's modalities (ordered by `modalities` glob patterns, else by name) or a DICOM
+series (read whole). Known layouts (Kvasir-SEG, MSD) are the same reader with their folder names and mask
+patterns as defaults. Nothing is read here beyond listing folders: unreadable files fail their own case later.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+from segxai.errors import SegxaiError
+from segxai.io.image import file_kind, file_stem
+from segxai.runs.config import DatasetConfig
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: its name (unique in the dataset), its image path(s) (several = modalities), its mask, and
+    why it cannot be read when listing already shows it (`problem`, reported when the case runs)."""
+
+    name: str
+    images: tuple[Path, ...]
+    mask: Path | None = None
+    problem: str | None = None
+
+
+def discover_cases(config: DatasetConfig) -> list[Case]:
+    """The dataset's cases in name order (at most `config.limit`)."""
+    folder = config.root / config.images
+    if not folder.is_dir():
+        raise SegxaiError(f"dataset: image folder {folder} does not exist")
+    mask_folder = _mask_folder(config)
+    cases: dict[str, Case] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or not fnmatch.fnmatch(entry.name, config.include):
+            continue
+        if mask_folder is not None and entry.resolve() == mask_folder:
+            continue
+        case = _case(entry, config)
+        if case is None:
+            continue
+        if case.name in cases:
+            raise SegxaiError(f"dataset: two entries make case {case.name!r} ({cases[case.name].images[0]} and {entry})")
+        cases[case.name] = case
+    if not cases:
+        raise SegxaiError(f"dataset: no cases (image files or case folders) in {folder}")
+    found = sorted(cases.values(), key=lambda c: c.name)
+    return found[: config.limit] if config.limit else found
+
+
+def _case(entry: Path, config: DatasetConfig) -> Case | None:
+    """A case from a file or a folder; None for entries that are not images (notes, spreadsheets)."""
+    if entry.is_file():
+        if not _is_image(entry):
+            return None
+        return Case(file_stem(entry), (entry,), _mask(config, file_stem(entry), entry.name))
+    mask = _mask(config, entry.name, entry.name)
+    files = sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".") and _is_image(p)
+                   and (mask is None or p.resolve() != mask.resolve()))
+    if not files or all(file_kind(p) == "dicom" for p in files):
+        return Case(entry.name, (entry,), mask)  # a DICOM series (or an empty folder, which fails when read)
+    if not config.modalities:
+        return Case(entry.name, tuple(files), mask)
+    chosen = [[p for p in files if fnmatch.fnmatch(p.name, pattern)] for pattern in config.modalities]
+    for pattern, matches in zip(config.modalities, chosen):
+        if len(matches) != 1:
+            return Case(entry.name, tuple(files), mask,
+                        problem=f"modality pattern {pattern!r} matches {len(matches)} files in {entry}, not one")
+    return Case(entry.name, tuple(m[0] for m in chosen), mask)
+
+
+def _mask(config: DatasetConfig, case: str, name: str) -> Path | None:
+    return None if config.masks is None else config.root / config.masks.format(case=case, name=name)
+
+
+def _mask_folder(config: DatasetConfig) -> Path | None:
+    """The folder masks live in when it sits among the images (so it is not taken for a case)."""
+    if config.masks is None:
+        return None
+    first = Path(config.masks).parts[0]
+    return None if "{" in first else (config.root / first).resolve()
+
+
+def _is_image(path: Path) -> bool:
+    try:
+        file_kind(path)
+    except SegxaiError:
+        return False
+    return True

