@@ -21,7 +21,7 @@ demo: venv
 	$(VENV)/bin/segxai demo --out demo_out
 
 test: venv
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 
 clean:
 	rm -rf $(VENV) demo_out .segxai-cache

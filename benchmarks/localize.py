@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     train_x, train_y, test_x, test_y = slices()
     start = time.perf_counter()
     localizer = train_localizer(train_x, train_y, ORGANS, build_encoder(args.encoder), intensity=WINDOW,

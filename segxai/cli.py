@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "missed ones (FN) explained on their reference voxels")
     explain.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                          help="a method setting, e.g. --param window=8 --param stride=4 (repeatable)")
-    explain.add_argument("--roi", default=None, help="mask:FILE | box:START:SIZE | prediction:CLS[:MARGIN]")
+    explain.add_argument("--roi", default=None, help="mask:FILE | box:START:SIZE | prediction:CLS[:MARGIN] | text:PROMPT@LOCALIZER.pt")
     explain.add_argument("--out", required=True, help="output directory")
     explain.add_argument("--seed", type=int, default=0)
     explain.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")

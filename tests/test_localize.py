@@ -20,6 +20,10 @@ from segxai.localize import (
 WINDOW = {"kind": "window", "low": -200.0, "high": 700.0}
 
 
+# Tests on the trained localizer run on one xdist worker (`--dist loadgroup`), so it is trained once.
+SHARES_TRAINED = pytest.mark.xdist_group("trained_localizer")
+
+
 @pytest.fixture(scope="module")
 def trained():
     """One localizer on 16 phantoms (64x64) with the tiny encoder; held-out phantoms come from another seed."""
@@ -38,6 +42,7 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+@SHARES_TRAINED
 def test_each_organ_is_found_by_its_training_prompt_on_held_out_phantoms(trained, offline):
     localizer, held_out = trained
     prompts = {default_prompt(name): value for value, name in held_out[0].names.items()}
@@ -63,6 +68,7 @@ def test_context_vectors_receive_gradients_but_the_encoder_stays_frozen():
     assert not any(p.requires_grad for p in encoder.parameters())
 
 
+@SHARES_TRAINED
 def test_roi_from_text_keeps_the_organ_and_its_margin(trained):
     localizer, held_out = trained
     case = held_out[0]
@@ -105,6 +111,7 @@ def test_postprocessing_falls_back_with_a_warning_when_empty():
         roi_from_probability(np.full((4, 4), np.nan))
 
 
+@SHARES_TRAINED
 def test_save_load_roundtrip_predicts_the_same(trained, tmp_path, offline):
     localizer, held_out = trained
     path = save_localizer(tmp_path / "loc.pt", localizer)
@@ -127,6 +134,7 @@ def test_loading_something_else_is_a_clear_error(tmp_path):
         load_localizer(tmp_path / "missing.pt")
 
 
+@SHARES_TRAINED
 def test_bad_input_is_a_segxai_error(trained):
     localizer, held_out = trained
     image = held_out[0].image
@@ -151,6 +159,7 @@ def test_bad_input_is_a_segxai_error(trained):
                         progress=False)
 
 
+@SHARES_TRAINED
 def test_unknown_prompt_warns_but_still_answers(trained):
     localizer, held_out = trained
     with pytest.warns(UserWarning, match="was seen in training"):

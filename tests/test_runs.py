@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
+import PIL.Image
 import numpy as np
 import pytest
 import torch
@@ -154,6 +158,34 @@ def test_run_writes_outputs_manifest_summaries_and_report(dataset, tmp_path, mon
                  "Configuration", "dataset.masks", "saliency/"):
         assert text in html, text
     assert (out / "figures" / "box_sanity_spearman.png").is_file()
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(out / "summary_by_method.parquet").to_pylist()
+    assert [r["method"] for r in table] == [line.split(",")[0] for line in summary[1:]]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Count the report's images that failed to load once the page has loaded, into an attribute --dump-dom shows.
+IMAGE_PROBE = ("<script>addEventListener('load', () => document.body.dataset.broken = "
+               "[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length);</script>")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
+def test_report_renders_in_headless_chromium(dataset, tmp_path):
+    run(write_config(dataset, tmp_path / "out"), progress=False)
+    out = tmp_path / "out"
+    probe = out / "report_probe.html"  # beside the report, so relative figure paths resolve the same way
+    probe.write_text((out / "report.html").read_text().replace("</body>", IMAGE_PROBE + "</body>"))
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=10000"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    images = re.findall(r"<img\b", dom)
+    assert len(images) >= 3 and "Method comparison" in dom and "<table" in dom
+    assert 'data-broken="0"' in dom
+    subprocess.run([*flags, f"--screenshot={tmp_path / 'shot.png'}", "--window-size=1200,900", probe.as_uri()],
+                   capture_output=True, timeout=120)
+    shot = np.asarray(PIL.Image.open(tmp_path / "shot.png").convert("L"))
+    assert shot.shape == (900, 1200) and shot.std() > 5  # something was drawn, not a blank page
 
 
 def test_interrupted_run_resumes_without_repeating_work(dataset, tmp_path, monkeypatch, count_explains):
@@ -232,6 +264,20 @@ def test_layouts_and_case_folders(tmp_path):
     cases = discover_cases(parse_config({**GOOD, "dataset": {"root": str(kvasir), "layout": "kvasir-seg"}}).dataset)
     assert [(c.name, c.images[0].name, c.mask) for c in cases] == [
         ("cju0", "cju0.jpg", kvasir / "masks" / "cju0.jpg"), ("cju1", "cju1.jpg", kvasir / "masks" / "cju1.jpg")]
+
+    flare = tmp_path / "flare"
+    for folder, names in (("imagesTr", ("F_0002_0001.nii.gz", "F_0002_0000.nii.gz", "F_0001_0000.nii.gz")),
+                          ("labelsTr", ("F_0001.nii.gz", "F_0002.nii.gz"))):
+        (flare / folder).mkdir(parents=True)
+        for name in names:
+            (flare / folder / name).write_bytes(b"")
+    cases = discover_cases(parse_config({**GOOD, "dataset": {"root": str(flare), "layout": "flare22"}}).dataset)
+    assert [(c.name, [p.name for p in c.images], c.mask.name) for c in cases] == [
+        ("F_0001", ["F_0001_0000.nii.gz"], "F_0001.nii.gz"),
+        ("F_0002", ["F_0002_0000.nii.gz", "F_0002_0001.nii.gz"], "F_0002.nii.gz")]
+    (flare / "imagesTr" / "odd.nii.gz").write_bytes(b"")
+    with pytest.raises(SegxaiError, match="does not follow the flare22 naming"):
+        discover_cases(parse_config({**GOOD, "dataset": {"root": str(flare), "layout": "flare22"}}).dataset)
 
     brain = tmp_path / "brain"
     for case in ("p1", "p2"):

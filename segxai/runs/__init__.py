@@ -21,7 +21,7 @@ A configuration (every key checked; relative paths are read from the file's fold
     report: {cases: 8}             # cases shown in the report's grid
 
 Outputs: `out/cases/<case>/<method>/` (maps with the source geometry, overlays, stats JSON), `manifest.jsonl`,
-`rows.csv`, `summary_by_*.csv` (and `.parquet` with pandas + pyarrow), `figures/` and `report.html`.
+`rows.csv`, `summary_by_*.csv` (and `.parquet` with pyarrow), `figures/` and `report.html`.
 """
 from segxai.runs.config import RunConfig, load_config, parse_config
 from segxai.runs.runner import RunResult, run

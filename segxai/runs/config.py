@@ -18,7 +18,11 @@ LAYOUTS = {
     "folder": (".", None),
     "kvasir-seg": ("images", "masks/{name}"),
     "msd": ("imagesTr", "labelsTr/{name}"),
+    # nnU-Net raw layout (FLARE22 ships in it): CASE_0000.nii.gz, CASE_0001.nii.gz, ... are the modalities of CASE
+    "nnunet": ("imagesTr", "labelsTr/{case}.nii.gz"),
+    "flare22": ("imagesTr", "labelsTr/{case}.nii.gz"),
 }
+CHANNEL_SUFFIX_LAYOUTS = ("nnunet", "flare22")
 ROI_KINDS = ("none", "mask", "prediction")
 
 

@@ -2,17 +2,20 @@
 
 A sub-folder holds either the case's modalities (ordered by `modalities` glob patterns, else by name) or a DICOM
 series (read whole). Known layouts (Kvasir-SEG, MSD) are the same reader with their folder names and mask
-patterns as defaults. Nothing is read here beyond listing folders: unreadable files fail their own case later.
+patterns as defaults; the nnU-Net layout (FLARE22) groups `CASE_0000`, `CASE_0001`, ... files into one case. Nothing is read here beyond listing folders: unreadable files fail their own case later.
 """
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from segxai.errors import SegxaiError
 from segxai.io.image import file_kind, file_stem
-from segxai.runs.config import DatasetConfig
+from segxai.runs.config import CHANNEL_SUFFIX_LAYOUTS, DatasetConfig
+
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,24 @@ def discover_cases(config: DatasetConfig) -> list[Case]:
         if case.name in cases:
             raise SegxaiError(f"dataset: two entries make case {case.name!r} ({cases[case.name].images[0]} and {entry})")
         cases[case.name] = case
+    if config.layout in CHANNEL_SUFFIX_LAYOUTS:
+        cases = _group_channels(cases, config)
     if not cases:
         raise SegxaiError(f"dataset: no cases (image files or case folders) in {folder}")
     found = sorted(cases.values(), key=lambda c: c.name)
     return found[: config.limit] if config.limit else found
+
+
+def _group_channels(cases: dict[str, Case], config: DatasetConfig) -> dict[str, Case]:
+    """nnU-Net naming: single-file cases `CASE_0000`, `CASE_0001`, ... become one case with those modalities."""
+    grouped: dict[str, list[tuple[str, Path]]] = {}
+    for case in cases.values():
+        match = CHANNEL_SUFFIX.match(case.name)
+        if match is None or len(case.images) != 1:
+            raise SegxaiError(f"dataset: {case.images[0]} does not follow the {config.layout} naming CASE_0000")
+        grouped.setdefault(match["case"], []).append((match["channel"], case.images[0]))
+    return {name: Case(name, tuple(path for _, path in sorted(files)), _mask(config, name, files[0][1].name))
+            for name, files in grouped.items()}
 
 
 def _case(entry: Path, config: DatasetConfig) -> Case | None:

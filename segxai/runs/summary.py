@@ -51,15 +51,16 @@ def write_summaries(rows: Sequence[Mapping[str, Any]], tables: Mapping[str, list
 
 
 def _write_parquet(table: list[dict[str, Any]], path: Path) -> Path | None:
+    """The table as Parquet when pyarrow is installed (`segxai[parquet]`); None otherwise."""
     try:
-        import pandas as pd
-        import pyarrow  # noqa: F401  (pandas' Parquet engine)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError:
         return None
     from segxai.atomic import atomic_write
 
     with atomic_write(path) as temp:
-        pd.DataFrame(table).to_parquet(temp, index=False)
+        pq.write_table(pa.Table.from_pylist(table), temp)
     return path
 
 
