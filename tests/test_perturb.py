@@ -108,6 +108,18 @@ def test_roi_parts_beyond_the_receptive_field_of_the_target_are_not_perturbed(di
                                                         progress=False)
 
 
+
+def test_rise_gives_no_attribution_where_the_roi_is_out_of_the_targets_reach(dims):
+    """Voxels no RISE mask perturbs have no evidence: 0, not the mean score (which would rank them first)."""
+    model = sx.SegModel(conv_stack(dims, layers=2))  # receptive-field radius 2
+    roi = torch.ones(grid(dims, 24), dtype=torch.bool)
+    explanation = sx.RISE(model, n_masks=64, grid=2, crop="none").explain(
+        torch.randn(1, *grid(dims, 24)), T.ClassRegion(1, cube(dims, 0, 4, 24)), roi=roi, seed=0, progress=False)
+    far = torch.ones(grid(dims, 24), dtype=torch.bool)
+    far[(slice(0, 6),) * dims] = False  # voxels 0..5 are within reach (0..3 plus radius 2)
+    assert explanation.attribution[0][far].abs().max() == 0
+    assert explanation.attribution[0][~far].abs().max() > 0
+
 def test_outside_zero_blanks_the_input_outside_the_roi():
     region = cube(2, 0, 8)
     model = sx.SegModel(RegionMean(region), activation="none")

@@ -34,20 +34,26 @@ class Difference(Estimator):
 
 
 class WeightedSum(Estimator):
-    """RISE: `S(u) = 1 / (N p) * sum_i T(x_i) M_i(u)`, with M_i the kept (unperturbed) part of mask i."""
+    """RISE: `S(u) = 1 / (N p) * sum_i T(x_i) M_i(u)`, with M_i the kept (unperturbed) part of mask i.
+
+    A voxel no mask ever perturbed (outside the ROI's reach) has no evidence and gets 0, not the mean score
+    (which would rank it first)."""
 
     def __init__(self, keep_probability: float) -> None:
         self.p = keep_probability
         self.total: torch.Tensor | None = None
+        self.perturbed: torch.Tensor | None = None
         self.n = 0
 
     def update(self, masks, scores, features) -> None:
         weighted = torch.einsum("n,n...->...", scores.float(), 1.0 - masks)
+        touched = masks.amax(0) > 0
         self.total = weighted if self.total is None else self.total + weighted
+        self.perturbed = touched if self.perturbed is None else self.perturbed | touched
         self.n += len(scores)
 
     def result(self) -> torch.Tensor:
-        return self.total / (self.n * self.p)
+        return self.total / (self.n * self.p) * self.perturbed
 
 
 class WeightedRidge(Estimator):
