@@ -140,12 +140,18 @@ def restriction_rows(model, x, mask, roi, target, name, params, batch) -> list[d
     runs = [("segxai whole", None, 1.0)] + [(roi_tool(fraction), roi, fraction) for fraction in ROI_BUDGETS]
     rows = []
     for tool, region, fraction in runs:
-        method = METHODS[name](model, **{**params, samples: round(params[samples] * fraction)})
-        run = partial(method.explain, x, target, roi=region, seed=SEED, batch_size=batch, progress=False)
-        result, cost = measured(model, run)
-        rows.append({"method": name, "tool": tool, "budget": fraction, **cost,
-                     **overlap(result.attribution[0], mask), **_method_stats(result.stats)})
+        budget = {**params, samples: round(params[samples] * fraction)}
+        rows.append({"method": name, "tool": tool, "budget": fraction,
+                     **method_row(model, x, mask, region, target, name, budget, batch)})
     return rows
+
+
+def method_row(model, x, mask, roi, target, name, params, batch) -> dict[str, Any]:
+    """One measured segxai call of method `name` (ROI or None): its cost, overlap with the organ and stats."""
+    method = METHODS[name](model, **params)
+    run = partial(method.explain, x, target, roi=roi, seed=SEED, batch_size=batch, progress=False)
+    result, cost = measured(model, run)
+    return {**cost, **overlap(result.attribution[0], mask), **_method_stats(result.stats)}
 
 
 def roi_tool(fraction: float) -> str:

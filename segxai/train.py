@@ -29,6 +29,13 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
+def one_cycle_schedule(optimiser: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One-cycle learning rate with a 10 % warm-up, lengthened for short runs: torch divides by zero when the
+    warm-up ends on step 0 (e.g. 10 steps at 10 %)."""
+    warmup = min(0.75, max(0.1, 1.5 / steps))
+    return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=warmup)
+
+
 def dice_per_class(predicted: np.ndarray, truth: np.ndarray, classes: Sequence[int]) -> dict[int, float]:
     """Dice of each class between two label maps (1.0 when both are empty)."""
     scores = {}
@@ -81,7 +88,7 @@ def train_segmenter(
         net = build_network(config)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    schedule = one_cycle_schedule(optimiser, lr, steps)
     net.train()
     losses = []
     for _ in progress_bar(range(steps), enabled=progress, desc=f"training {preset}"):

@@ -195,6 +195,11 @@ def test_whole_pipeline_and_tables(trained):
         segment(net, images[0], ["D"])
 
 
+def test_table2_keeps_one_decimal():
+    scores = {m: {"miou": 2.0, "dice": 3.5} for m in ("TokenCut", "MaskCut", "XNCut")}
+    assert "2.0" in table2({"train": scores, "val": scores})
+
+
 @pytest.mark.parametrize("kind", ["attention", "keynorm"])
 def test_feature_maps(trained, kind):
     net, images, _, _ = trained

@@ -232,3 +232,12 @@ def test_sentence_transformer_encoder_runs_offline_with_context(offline):
     assert context.grad.abs().sum() > 0
     phrase = encoder.phrase_vectors("a CT image of the")
     assert phrase.ndim == 2 and phrase.shape[1] == encoder.width and len(phrase) >= 5
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10])
+def test_short_training_runs_do_not_break_the_learning_rate_schedule(steps):
+    """A 10 % warm-up of 10 steps ends on step 0, where torch's one-cycle schedule divides by zero."""
+    cases = phantom_dataset("abdomen", 1, (32, 32), seed=0)
+    localizer = train_localizer([c.image for c in cases], [c.labels for c in cases], cases[0].names,
+                                TinyTextEncoder(), steps=steps, seed=0, progress=False)
+    assert np.isfinite(localizer.predict(cases[0].image, "liver")).all()

@@ -67,7 +67,7 @@ def table2(splits: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
             continue
         row: dict[str, Any] = {"method": label}
         for metric, title in (("miou", "mIoU"), ("dice", "Dice")):
-            row.update({f"{title} {s}": round(means[method][metric], 1) for s, means in splits.items()})
+            row.update({f"{title} {s}": f"{means[method][metric]:.1f}" for s, means in splits.items()})
         rows.append(row)
     return format_table(rows)
 

@@ -17,6 +17,7 @@ from segxai.localize.model import Localizer
 from segxai.localize.text import TextEncoder, check_prompts
 from segxai.preprocess import normalize_intensity
 from segxai.progress import progress_bar
+from segxai.train import one_cycle_schedule
 
 
 def default_prompt(name: str) -> str:
@@ -75,7 +76,7 @@ def train_localizer(
     rng = np.random.default_rng(seed)
     trainable = [p for n, p in localizer.named_parameters() if not n.startswith("encoder.")]
     optimiser = torch.optim.Adam(trainable, lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    schedule = one_cycle_schedule(optimiser, lr, steps)
     dice_loss, bce = DiceLoss(sigmoid=True, batch=True), torch.nn.BCEWithLogitsLoss()
     localizer.train()
     for _ in progress_bar(range(steps), enabled=progress, desc="training localizer"):
