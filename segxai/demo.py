@@ -2,7 +2,9 @@
 
 It builds seeded phantoms, trains (or reuses cached) reference U-Nets, writes the scans as NIfTI files, explains
 an organ of the abdominal CT phantom, and every lesion of the two-channel brain phantom (instance SmoothGrad,
-typed TP/FP/FN against its lesion mask) from those files, and writes `report.html` beside the NIfTI/PNG/JSON outputs.
+typed TP/FP/FN against its lesion mask) from those files, compares ROI-guided with unrestricted perturbation, estimates
+the causal effect (PdCR) of the blocks around the left kidney with patches from other phantoms, and writes
+`report.html` beside the NIfTI/PNG/JSON outputs.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from segxai.causal_files import causal_blocks_files
 from segxai.evaluate import evaluate_files
 from segxai.pipeline import FileExplanation, InstanceFileExplanation, explain_files, explain_instance_files
 
@@ -25,6 +28,9 @@ COMPARISON_ORGAN = "kidney_left"
 # Instance SmoothGrad of the brain lesions: noise draws (5 % of the FLAIR range, as in the paper).
 LESION_PARAMS = {"n_samples": 10, "noise": 0.05, "reference_channel": 0}
 COMPARISON_PARAMS = {"occlusion": {"window": 8, "stride": 8}, "rise": {"n_masks": 200}, "lime": {"n_samples": 200}}
+# Causal blocks (PdCR) on the same organ's Dice: 8-voxel cubes, patches drawn from a few other phantoms, 20 draws.
+CAUSAL_POOL_CASES = 3
+CAUSAL_PARAMS = {"block": 8, "screen_draws": 3, "draws": 20}
 
 
 def cached_model(kind: str, shape: tuple[int, ...], cache_dir: Path, steps: int, progress: bool) -> tuple[Path, dict]:
@@ -85,6 +91,15 @@ def run_demo(out_dir: str | Path = "demo_out", cache_dir: str | Path = ".segxai-
         abdomen_ckpt, ct_files, labels_file, abdomen.label_of(COMPARISON_ORGAN), out / "roi_comparison",
         methods=list(COMPARISON_PARAMS), params=COMPARISON_PARAMS, progress=progress)
 
+    kidney = abdomen.label_of(COMPARISON_ORGAN)
+    kidney_file = write_case(out / "scans" / "abdomen", (abdomen.labels == kidney)[None].astype(np.uint8),
+                             [COMPARISON_ORGAN], ABDOMEN_SPACING)[0]
+    pool = out / "scans" / "other_abdomens"
+    for i in range(CAUSAL_POOL_CASES):
+        write_case(pool, abdomen_phantom(shapes["abdomen"], seed=CASE_SEED + 1 + i).image, [f"ct{i}"], ABDOMEN_SPACING)
+    causal = causal_blocks_files(abdomen_ckpt, ct_files, f"mask:{kidney_file}", kidney, out / "causal_blocks",
+                                 pool_dir=pool, params=CAUSAL_PARAMS, progress=progress, command=_command(out))
+
     sections = [Section("Reference models", text=(
         "Tiny MONAI U-Nets trained on seeded phantoms (cached in the cache directory). Dice is measured on "
         "held-out phantoms."), table=_model_rows({"abdomen": abdomen_config, "brain": brain_config}))]
@@ -110,9 +125,11 @@ def run_demo(out_dir: str | Path = "demo_out", cache_dir: str | Path = ".segxai-
               "roi_comparison/."),
         table=comparison.table))
     sections.append(Section("ROI as the explanation (baseline)", table=comparison.baselines))
+    sections.append(_causal_section(causal, out))
     return write_report(out / "report.html", "segxai demo", sections, command=_command(out),
                         summary={"organ explanations": len(runs), "methods": ", ".join(DEMO_METHODS),
-                                 "lesions explained": len(lesions.rows)})
+                                 "lesions explained": len(lesions.rows),
+                                 "causal blocks estimated": causal.explanation.stats["estimated_blocks"]})
 
 
 def _lesion_section(lesions: InstanceFileExplanation, out: Path, true_lesions: int) -> Any:
@@ -135,6 +152,27 @@ def _lesion_section(lesions: InstanceFileExplanation, out: Path, true_lesions: i
             ("peak_by_type_plot", "peak saliency by lesion type"))],
         table=[{key: row[key] for key in ("id", "type", "voxels", "peak", "inside", "ring_1", "ring_2")
                 if key in row} | {k: v for k, v in row.items() if k.startswith("share_")} for row in lesions.rows],
+    )
+
+
+def _causal_section(causal: Any, out: Path) -> Any:
+    """The PdCR block effects: the signed ATE overlay, the pie of positive/negative/zero blocks and the cost."""
+    from segxai.report import Figure, Section
+
+    stats = causal.explanation.stats
+    return Section(
+        f"Causal effect of input blocks on the {COMPARISON_ORGAN} Dice (PdCR)",
+        text=("Each 8-voxel block around the organ (the organ's own blocks are skipped) is replaced by the same block "
+              "of another phantom; its average treatment effect is the mean change of the organ's Dice (in points) "
+              "against the model's own prediction: 3 screening draws, then up to 20 for blocks whose effect reaches "
+              "tau. Red (negative) = the original content supports the segmentation. Blocks beyond the receptive "
+              "field are not treated. Tables are in causal_blocks/."),
+        figures=[Figure(str(causal.written[key].relative_to(out)), caption)
+                 for key, caption in (("overlay_figure", "ATE per block; organ outlined"),
+                                      ("pie_figure", "blocks by sign of their effect"))],
+        table=[{"blocks screened": stats["screened_blocks"], "blocks estimated": stats["estimated_blocks"],
+                "blocks out of reach": stats["unreachable_blocks"], "forward passes": stats["forward_passes"],
+                "seconds": stats["seconds"], **{f"{k} blocks": v for k, v in stats["block_counts"].items()}}],
     )
 
 

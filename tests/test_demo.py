@@ -15,12 +15,14 @@ def test_demo_writes_a_report_with_an_overlay_per_explained_target(tmp_path, mon
                       shapes={"abdomen": (32, 32, 24), "brain": (48, 48, 24)})
     html = report.read_text()
     images = re.findall(r'<img[^>]+src="([^"]+)"', html)
-    assert len(images) == 5  # liver, left kidney, and the lesions' radial profile, modality shares, peaks by type
+    assert len(images) == 7  # liver, left kidney, the lesions' radial profile, modality shares, peaks by type,
+    # and the causal blocks' ATE overlay and pie chart
     for source in images:
         assert (report.parent / source).is_file()
     assert "Reference models" in html and "segxai demo --out" in html
     assert "Instance SmoothGrad" in html and (report.parent / "lesions" / "instances.csv").is_file()
     assert "ROI-guided vs unrestricted" in html and (report.parent / "roi_comparison" / "comparison.csv").is_file()
+    assert "Causal effect of input blocks" in html and (report.parent / "causal_blocks" / "blocks.csv").is_file()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
         "abdomen-32x32x24-150steps-v1.pt", "brain-48x48x24-100steps-v1.pt"]
     started = time.perf_counter()
