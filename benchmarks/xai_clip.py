@@ -71,7 +71,7 @@ def localise(localizer: Localizer, volume: np.ndarray, prompt: str,
     """The text ROI of a `(C, H, W, D)` volume (2D localizer, slice by slice), the localised organ before the
     margin, and the seconds both took."""
     start = time.perf_counter()
-    probability = np.stack([localizer.predict(volume[..., z], prompt) for z in range(volume.shape[-1])], axis=-1)
+    probability = localizer.predict(volume, prompt)
     organ = roi_from_probability(probability)
     roi = from_mask(organ, margin)
     return roi, organ.numpy(), time.perf_counter() - start

@@ -241,3 +241,15 @@ def test_short_training_runs_do_not_break_the_learning_rate_schedule(steps):
     localizer = train_localizer([c.image for c in cases], [c.labels for c in cases], cases[0].names,
                                 TinyTextEncoder(), steps=steps, seed=0, progress=False)
     assert np.isfinite(localizer.predict(cases[0].image, "liver")).all()
+
+
+@SHARES_TRAINED
+def test_a_2d_localizer_runs_slice_by_slice_on_a_volume(trained):
+    localizer, held_out = trained
+    volume = np.stack([c.image for c in held_out[:3]], axis=-1)  # (C, H, W, 3)
+    probability = localizer.predict(volume, "liver")
+    assert probability.shape == volume.shape[1:]
+    for z, case in enumerate(held_out[:3]):
+        assert np.array_equal(probability[..., z], localizer.predict(case.image, "liver"))
+    with pytest.raises(SegxaiError, match="2D image"):
+        localizer.predict(volume[..., None], "liver")

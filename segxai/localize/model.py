@@ -83,7 +83,10 @@ class Localizer(nn.Module):
 
         The image is `(C, *spatial)` in its own units (normalised with the training intensity spec) and is padded
         to a multiple of the network stride, then cropped back. Warns when no word of the prompt was in training.
+        A 2D localizer given a volume `(C, H, W, D)` runs on its slices along the last axis (axial for NIfTI).
         """
+        if self.spatial_dims == 2 and image.ndim == 4:
+            return np.stack([self.predict(image[..., z], prompt) for z in range(image.shape[-1])], axis=-1)
         x = self._prepare(image)
         self._warn_if_unseen(check_prompts([prompt])[0])
         was_training = self.training
