@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a method setting, e.g. --param occlusion.window=8")
     evaluate.add_argument("--target", default=None, help="default: the organ's mean probability over its mask")
     evaluate.add_argument("--margin", type=float, default=4.0, help="ROI = organ grown by this many voxels")
+    evaluate.add_argument("--text", default=None, metavar="PROMPT@LOCALIZER.pt",
+                          help="also restrict to the ROI a localizer finds from a prompt, e.g. 'left kidney@loc.pt'")
     evaluate.add_argument("--threshold", type=float, default=0.5, help="binarise min-max-normalised maps at this")
     evaluate.add_argument("--out", required=True)
     evaluate.add_argument("--seed", type=int, default=0)
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             result = evaluate_files(
                 args.model, args.image, args.mask, args.label, args.out, methods=args.methods.split(","),
-                params=_method_params(args.param), target=args.target, margin=args.margin,
+                params=_method_params(args.param), target=args.target, margin=args.margin, text=args.text,
                 threshold=args.threshold, seed=args.seed, device=args.device, progress=not args.no_progress,
             )
             print(result.text())

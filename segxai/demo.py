@@ -2,7 +2,8 @@
 
 It builds seeded phantoms, trains (or reuses cached) reference U-Nets, writes the scans as NIfTI files, explains
 an organ of the abdominal CT phantom, and every lesion of the two-channel brain phantom (instance SmoothGrad,
-typed TP/FP/FN against its lesion mask) from those files, compares ROI-guided with unrestricted perturbation, estimates
+typed TP/FP/FN against its lesion mask) from those files, compares ROI-guided (organ mask and text prompt) with
+unrestricted perturbation, estimates
 the causal effect (PdCR) of the blocks around the left kidney with patches from other phantoms, and writes
 `report.html` beside the NIfTI/PNG/JSON outputs.
 """
@@ -28,6 +29,11 @@ COMPARISON_ORGAN = "kidney_left"
 # Instance SmoothGrad of the brain lesions: noise draws (5 % of the FLAIR range, as in the paper).
 LESION_PARAMS = {"n_samples": 10, "noise": 0.05, "reference_channel": 0}
 COMPARISON_PARAMS = {"occlusion": {"window": 8, "stride": 8}, "rise": {"n_masks": 200}, "lime": {"n_samples": 200}}
+# The text-prompted ROI (XAI-CLIP): a 2D localizer (tiny built-in text encoder) trained on axial slices of phantoms,
+# run slice by slice on the volume; the comparison adds the ROI it finds from the organ's name.
+LOCALIZER_PHANTOMS = 8
+LOCALIZER_STEPS = 600
+COMPARISON_PROMPT = "left kidney"
 # Causal blocks (PdCR) on the same organ's Dice: 8-voxel cubes, patches drawn from a few other phantoms, 20 draws.
 CAUSAL_POOL_CASES = 3
 CAUSAL_PARAMS = {"block": 8, "screen_draws": 3, "draws": 20}
@@ -44,6 +50,24 @@ def cached_model(kind: str, shape: tuple[int, ...], cache_dir: Path, steps: int,
     result = train_on_phantoms(kind, shape, steps=steps, progress=progress)
     save_checkpoint(path, result.net, result.config)
     return path, result.config
+
+
+def cached_localizer(shape: tuple[int, ...], intensity: dict, cache_dir: Path, progress: bool) -> Path:
+    """Train the demo's 2D text localizer on axial slices of seeded abdominal phantoms once; keep it in `cache_dir`."""
+    from segxai.data import phantom_dataset
+    from segxai.localize import TinyTextEncoder, save_localizer, train_localizer
+
+    path = cache_dir / f"localizer-abdomen-{'x'.join(map(str, shape))}-{LOCALIZER_STEPS}steps-v1.pt"
+    if path.is_file():
+        return path
+    cases = phantom_dataset("abdomen", LOCALIZER_PHANTOMS, shape, seed=0)
+    images = [case.image[..., z] for case in cases for z in range(shape[-1])]
+    labels = [case.labels[..., z] for case in cases for z in range(shape[-1])]
+    names = cases[0].names
+    prompts = {value: [COMPARISON_PROMPT] for value, name in names.items() if name == COMPARISON_ORGAN}
+    localizer = train_localizer(images, labels, names, TinyTextEncoder(), prompts=prompts, intensity=intensity,
+                                steps=LOCALIZER_STEPS, seed=0, progress=progress)
+    return save_localizer(path, localizer)
 
 
 def write_case(out: Path, image: np.ndarray, names: list[str], spacing: tuple[float, ...]) -> list[Path]:
@@ -87,9 +111,11 @@ def run_demo(out_dir: str | Path = "demo_out", cache_dir: str | Path = ".segxai-
         brain_ckpt, brain_files, 1, out / "lesions", method="smoothgrad", reference=lesions_file,
         params=LESION_PARAMS, progress=progress, title="Instance SmoothGrad of every lesion", command=_command(out))
 
+    localizer = cached_localizer(shapes["abdomen"], abdomen_config.get("intensity"), cache, progress)
     comparison = evaluate_files(
         abdomen_ckpt, ct_files, labels_file, abdomen.label_of(COMPARISON_ORGAN), out / "roi_comparison",
-        methods=list(COMPARISON_PARAMS), params=COMPARISON_PARAMS, progress=progress)
+        methods=list(COMPARISON_PARAMS), params=COMPARISON_PARAMS, text=f"{COMPARISON_PROMPT}@{localizer}",
+        progress=progress)
 
     kidney = abdomen.label_of(COMPARISON_ORGAN)
     kidney_file = write_case(out / "scans" / "abdomen", (abdomen.labels == kidney)[None].astype(np.uint8),
@@ -118,11 +144,13 @@ def run_demo(out_dir: str | Path = "demo_out", cache_dir: str | Path = ".segxai-
     sections.append(_lesion_section(lesions, out, int(brain.instances.max())))
     sections.append(Section(
         f"ROI-guided vs unrestricted perturbation: {COMPARISON_ORGAN} (abdominal CT phantom)",
-        text=("Each method runs once on the whole volume and once restricted to the organ grown by 4 voxels (only "
-              "regions touching the ROI are perturbed, and the network runs on a crop covering the ROI plus its "
-              "receptive field when that is exact). Dice/IoU compare the map, binarised at 0.5 after min-max "
-              "normalisation, with the organ mask; the ROI itself is the trivial baseline below. Tables are in "
-              "roi_comparison/."),
+        text=("Each method runs on the whole volume (unrestricted), restricted to the organ grown by 4 voxels "
+              f"(roi), and restricted to the ROI a text localizer finds from the prompt '{COMPARISON_PROMPT}', "
+              "grown the same (text; its seconds include the localisation, also given as roi_seconds in "
+              "roi_comparison/records.csv). Only regions touching the ROI within the target's receptive field are "
+              "perturbed, and the network runs on a crop when that is exact. Dice/IoU compare the map, binarised "
+              "at 0.5 after min-max normalisation, with the organ mask; the ROIs themselves are the trivial "
+              "baselines below. Tables are in roi_comparison/."),
         table=comparison.table))
     sections.append(Section("ROI as the explanation (baseline)", table=comparison.baselines))
     sections.append(_causal_section(causal, out))

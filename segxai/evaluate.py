@@ -7,6 +7,7 @@ construction: the table measures localisation and cost, not faithfulness.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -113,13 +114,16 @@ def evaluate_files(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     target: str | None = None,
     margin: float = 4.0,
+    text: str | None = None,
     threshold: float = 0.5,
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
 ) -> Comparison:
     """`segxai evaluate`: compare methods unrestricted vs restricted to the organ `label` of `mask_file` grown by
-    `margin` voxels. The default target is the organ's mean class probability over its mask."""
+    `margin` voxels, and (XAI-CLIP) vs restricted to the ROI a localizer finds from `text` (`PROMPT@LOCALIZER.pt`),
+    grown the same; localisation time is added to the text runs (`roi_seconds`). The default target is the
+    organ's mean class probability over its mask."""
     from segxai.checkpoint import load_checkpoint
     from segxai.io import load_image, load_mask, prepare_output_dir
     from segxai.methods import get_method
@@ -137,8 +141,15 @@ def evaluate_files(
     chosen = parse_target(target) if target else ClassRegion(label, organ, score="prob", reduce="mean")
     explainers = {name: get_method(name, model, **(params or {}).get(name, {})) for name in methods}
     rois = {"roi": from_mask(organ, margin)}
+    localisation = {}
+    if text is not None:
+        from segxai.pipeline import text_roi
+
+        started = time.perf_counter()
+        rois["text"] = text_roi(text, image, margin)
+        localisation["text"] = time.perf_counter() - started
     records = compare_restriction(explainers, x[0], chosen, organ, rois, threshold=threshold, seed=seed,
-                                  progress=progress)
+                                  progress=progress, extra_seconds=localisation)
     result = comparison(records, [rois], [organ])
     result.save(out)
     return result

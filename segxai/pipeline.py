@@ -28,8 +28,9 @@ class FileExplanation:
 
 
 def parse_roi(spec: str | None, image: Any, model: SegModel, x: torch.Tensor) -> torch.Tensor | None:
-    """A CLI ROI: `mask:FILE` (non-zero voxels, grid checked), `box:START:SIZE` (comma-separated per axis) or
-    `prediction:CLS[:MARGIN]` (the model's own prediction, grown by MARGIN voxels)."""
+    """A CLI ROI: `mask:FILE` (non-zero voxels, grid checked), `box:START:SIZE` (comma-separated per axis),
+    `prediction:CLS[:MARGIN]` (the model's own prediction, grown by MARGIN voxels) or `text:PROMPT@LOCALIZER.pt`
+    (the organ a trained localizer finds from its name)."""
     from segxai import roi
     from segxai.io import load_mask
 
@@ -46,15 +47,24 @@ def parse_roi(spec: str | None, image: Any, model: SegModel, x: torch.Tensor) ->
             cls, _, margin = rest.partition(":")
             return roi.from_prediction(model, x, int(cls), float(margin or 0))
         if kind == "text" and "@" in rest:
-            from segxai.localize import load_localizer
-
-            prompt, _, path = rest.rpartition("@")
-            return roi.from_text(prompt, load_localizer(path), image.array)
+            return text_roi(rest, image)
     except ValueError as error:
         if isinstance(error, SegxaiError):
             raise
         raise SegxaiError(f"cannot read ROI {spec!r}: {error}") from None
-    raise SegxaiError(f"unknown ROI {spec!r}; use mask:FILE, box:START:SIZE (e.g. box:10,20,5:32,32,8) or prediction:CLS[:MARGIN]")
+    raise SegxaiError(f"unknown ROI {spec!r}; use mask:FILE, box:START:SIZE (e.g. box:10,20,5:32,32,8), "
+                      "prediction:CLS[:MARGIN] or text:PROMPT@LOCALIZER.pt")
+
+
+def text_roi(spec: str, image: Any, margin: float = 8.0) -> torch.Tensor:
+    """The ROI `PROMPT@LOCALIZER.pt` (e.g. `left kidney@localizer.pt`) on a loaded image, grown by `margin`."""
+    from segxai import roi
+    from segxai.localize import load_localizer
+
+    prompt, _, path = spec.rpartition("@")
+    if not prompt.strip() or not path:
+        raise SegxaiError(f"text ROI {spec!r}: give PROMPT@LOCALIZER.pt, e.g. 'left kidney@localizer.pt'")
+    return roi.from_text(prompt, load_localizer(path), image.array, margin=margin)
 
 
 def explain_files(

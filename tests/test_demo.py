@@ -1,6 +1,7 @@
 """The demo end to end (small and quick here) and the promise that `import segxai` stays light."""
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 import sys
@@ -23,8 +24,13 @@ def test_demo_writes_a_report_with_an_overlay_per_explained_target(tmp_path, mon
     assert "Instance SmoothGrad" in html and (report.parent / "lesions" / "instances.csv").is_file()
     assert "ROI-guided vs unrestricted" in html and (report.parent / "roi_comparison" / "comparison.csv").is_file()
     assert "Causal effect of input blocks" in html and (report.parent / "causal_blocks" / "blocks.csv").is_file()
+    variants = {row["variant"] for row in csv.DictReader((report.parent / "roi_comparison" / "comparison.csv").open())}
+    assert variants == {"unrestricted", "roi", "text"}
+    baselines = {row["variant"]: float(row["dice"])
+                 for row in csv.DictReader((report.parent / "roi_comparison" / "roi_baseline.csv").open())}
+    assert baselines["text"] > 0.5 * baselines["roi"]  # the prompt finds the organ the mask ROI holds
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
-        "abdomen-32x32x24-150steps-v1.pt", "brain-48x48x24-100steps-v1.pt"]
+        "abdomen-32x32x24-150steps-v1.pt", "brain-48x48x24-100steps-v1.pt", "localizer-abdomen-32x32x24-600steps-v1.pt"]
     started = time.perf_counter()
     run_demo(tmp_path / "again", tmp_path / "cache", progress=False, steps={"abdomen": 150, "brain": 100},
              shapes={"abdomen": (32, 32, 24), "brain": (48, 48, 24)})

