@@ -11,7 +11,7 @@ import torch
 
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
-from segxai.pipeline import _load, _model_table, parse_roi
+from segxai.pipeline import load_inputs, model_table, output_format, parse_roi
 
 POOL_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".npy")
 
@@ -47,7 +47,7 @@ def causal_blocks_files(
     from segxai.report.causal_plots import save_causal_figures
     from segxai.targets import RegionDice
 
-    out, model, config, image, x = _load(checkpoint, images, out_dir, device, [pool_dir] if pool_dir else [])
+    out, model, config, image, x = load_inputs(checkpoint, images, out_dir, device, [pool_dir] if pool_dir else [])
     mask = _region(region, image, model, x)
     params = dict(params or {})
     if pool_dir is not None:
@@ -60,7 +60,7 @@ def causal_blocks_files(
         raise SegxaiError(f"bad setting for causal blocks: {error}") from None
     explanation = method.explain(x[0], RegionDice(cls, region=mask), seed=seed, progress=progress)
     explanation.stats.update(checkpoint=str(checkpoint), images=[str(p) for p in images])
-    like = image if image.kind in ("nifti", "dicom") or image.spatial_dims == 3 else None
+    _, like = output_format(image)
     written = explanation.save(out, like=like, name="ate", channel_names=["all"])
     blocks = explanation.stats.get("blocks", [])
     written["blocks_csv"] = write_csv(blocks, out / "blocks.csv")
@@ -91,7 +91,7 @@ def component_files(
     from segxai.report import Section, write_report
     from segxai.targets import RegionDice
 
-    out, model, config, image, x = _load(checkpoint, images, out_dir, device, [donors_dir] if donors_dir else [])
+    out, model, config, image, x = load_inputs(checkpoint, images, out_dir, device, [donors_dir] if donors_dir else [])
     mask = _region(region, image, model, x)
     donors = None
     if donors_dir is not None:
@@ -107,7 +107,7 @@ def component_files(
             f"ablation, clean Dice {report.base:.3f}; negative = the component supports the segmentation. "
             f"{report.forward_passes} forward passes in {report.seconds:.1f} s.")
     sections = [Section("Component effects (ranked by |effect|)", text=text, table=rows),
-                Section("Model", table=_model_table(config))]
+                Section("Model", table=model_table(config))]
     written["report"] = write_report(out / "report.html", "Causal effects of network components", sections,
                                      command=command)
     return CausalFiles(None, rows, written)
@@ -174,13 +174,15 @@ def _blocks_report(out: Path, explanation: Explanation, figures: dict[str, Path]
             Figure(figures["overlay"].name, "ATE map"), Figure(figures["pie"].name, "blocks by sign"),
             Figure(figures["bar"].name, "colour scale")], table=[{**summary, **counts}]),
         Section("Histogram of block ATEs", table=_histogram_rows(stats.get("histogram"))),
-        Section("Model", table=_model_table(config)),
+        Section("Model", table=model_table(config)),
     ]
     return write_report(out / "report.html", "Causal explanation: block treatment effects", sections, command=command)
 
 
 def _histogram_rows(histogram: Any) -> list[dict[str, Any]]:
+    """One row per bin of `block_stats`' histogram: (-inf, e_0), [e_0, e_1), ..., [e_last, inf)."""
     if not isinstance(histogram, dict):
         return []
-    return [{"bin": label, "blocks": count} for label, count in zip(histogram.get("labels", []),
-                                                                      histogram.get("counts", []))]
+    edges = histogram["edges"]
+    labels = [f"< {edges[0]:g}", *(f"[{a:g}, {b:g})" for a, b in zip(edges, edges[1:])), f">= {edges[-1]:g}"]
+    return [{"bin": label, "blocks": count} for label, count in zip(labels, histogram["counts"])]

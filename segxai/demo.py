@@ -3,9 +3,8 @@
 It builds seeded phantoms, trains (or reuses cached) reference U-Nets, writes the scans as NIfTI files, explains
 an organ of the abdominal CT phantom, and every lesion of the two-channel brain phantom (instance SmoothGrad,
 typed TP/FP/FN against its lesion mask) from those files, compares ROI-guided (organ mask and text prompt) with
-unrestricted perturbation, estimates
-the causal effect (PdCR) of the blocks around the left kidney with patches from other phantoms, and writes
-`report.html` beside the NIfTI/PNG/JSON outputs.
+unrestricted perturbation, estimates the causal effect (PdCR) of the blocks around the left kidney with patches
+from other phantoms, and writes `report.html` beside the NIfTI/PNG/JSON outputs.
 """
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def explain_files(
     from segxai.methods import get_method
     from segxai.targets import parse_target
 
-    out, model, config, image, x = _load(checkpoint, images, out_dir, device)
+    out, model, config, image, x = load_inputs(checkpoint, images, out_dir, device)
     explainer = get_method(method, model, **(params or {}))
     explanation = explainer.explain(
         x[0], parse_target(target), roi=parse_roi(roi, image, model, x[0]), seed=seed, progress=progress
@@ -96,7 +96,7 @@ def explain_files(
     explanation.stats["checkpoint"] = str(checkpoint)
     explanation.stats["images"] = [str(p) for p in images]
     prediction = model.predict(x[0]).cpu().numpy()
-    extension, like = _output_format(image)
+    extension, like = output_format(image)
     channels = explanation.attribution.shape[0]
     names = list(image.channel_names) if channels == len(image.channel_names) else ["all"] * channels
     share = modality_share(explanation, names) if channels == len(image.channel_names) else {}
@@ -144,7 +144,7 @@ def explain_instance_files(
     from segxai.metrics import write_csv
     from segxai.metrics.instance import instance_rows, radial_profile
 
-    out, model, config, image, x = _load(checkpoint, images, out_dir, device, [reference] if reference else [])
+    out, model, config, image, x = load_inputs(checkpoint, images, out_dir, device, [reference] if reference else [])
     truth = None if reference is None else load_mask(reference, like=image) > 0
     params = dict(params or {})
     shared = method in SHARED_METHODS
@@ -157,7 +157,7 @@ def explain_instance_files(
     names = list(image.channel_names)
     channels = explanations[0].attribution.shape[0]
     names = names if channels == len(names) else [f"c{c}" for c in range(channels)]
-    extension, like = _output_format(image)
+    extension, like = output_format(image)
     written: dict[str, Path] = {}
     labels = np.zeros(image.spatial_shape, np.uint16)
     for explanation in explanations:
@@ -210,7 +210,7 @@ def _write_instance_report(out: Path, explanations: list[Explanation], rows: lis
         ]),
         Section("Instances", figures=overlays),
         *_peak_comparison(rows),
-        Section("Model", table=_model_table(config)),
+        Section("Model", table=model_table(config)),
     ]
     return write_report(out / "report.html", title, sections, command=command)
 
@@ -255,14 +255,14 @@ def _write_report(out: Path, explanation: Explanation, written: dict[str, Path],
     rows += [{"quantity": f"share of |attribution| in {k}", "value": v} for k, v in share.items()]
     sections = [
         Section(title, text=f"Target: {description_text(stats['target'])}", figures=figures, table=rows),
-        Section("Model", table=_model_table(config)),
+        Section("Model", table=model_table(config)),
         Section("Files", table=[{"output": k, "file": p.name} for k, p in written.items()]),
     ]
     return write_report(out / "report.html", title, sections, command=command)
 
 
-def _load(checkpoint: str | Path, images: Sequence[str | Path], out_dir: str | Path, device: str | None,
-          other_inputs: Sequence[str | Path] = ()) -> tuple[Path, SegModel, dict, Any, torch.Tensor]:
+def load_inputs(checkpoint: str | Path, images: Sequence[str | Path], out_dir: str | Path, device: str | None,
+                other_inputs: Sequence[str | Path] = ()) -> tuple[Path, SegModel, dict, Any, torch.Tensor]:
     """The output directory (checked never to hold an input), the model and its config, the image, and the
     normalised input batch."""
     from segxai.checkpoint import load_checkpoint
@@ -276,14 +276,15 @@ def _load(checkpoint: str | Path, images: Sequence[str | Path], out_dir: str | P
     return out, model, config, image, x
 
 
-def _output_format(image: Any) -> tuple[str, Any]:
+def output_format(image: Any) -> tuple[str, Any]:
     """The extension of label maps written for `image` (NIfTI for volumes and scans, PNG for 2D pictures) and the
     grid reference that carries its geometry."""
     extension = ".nii.gz" if image.kind in ("nifti", "dicom") or image.spatial_dims == 3 else ".png"
     return extension, image if extension == ".nii.gz" else None
 
 
-def _model_table(config: dict) -> list[dict[str, Any]]:
+def model_table(config: dict) -> list[dict[str, Any]]:
+    """The checkpoint's classes with their names and validation Dice, for report tables."""
     return [{"class": k, "name": v, "validation Dice": config.get("validation_dice", {}).get(v, "")}
             for k, v in config.get("names", {}).items()]
 

@@ -65,7 +65,12 @@ def from_prediction(model: SegModel, inputs: MaskLike, cls: int, margin: float =
     labels = model.predict(inputs)
     if labels.ndim != (model.spatial_dims or labels.ndim):
         raise SegxaiError("from_prediction takes a single image (C, *spatial), not a batch")
-    predicted = labels == cls
+    return from_predicted_labels(labels, cls, margin)
+
+
+def from_predicted_labels(labels: MaskLike, cls: int, margin: float = 0) -> torch.Tensor:
+    """An ROI from a label map the model already predicted: the voxels of class `cls`, grown by `margin`."""
+    predicted = torch.as_tensor(labels) == cls
     if not bool(predicted.any()):
         raise SegxaiError(f"the model predicts no voxel of class {cls}, so the ROI would be empty")
     return from_mask(predicted.cpu(), margin)

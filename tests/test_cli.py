@@ -134,6 +134,8 @@ def test_causal_blocks_on_a_region_with_a_patch_pool(workspace, other_scans, cap
     assert blocks and all(int(b["draws"]) in (0, 3, 6) for b in blocks)
     html = (tmp_path / "causal/report.html").read_text()
     assert "causal_overlay.png" in html and "causal_pie.png" in html
+    histogram = html[html.index("Histogram of block ATEs"):]
+    assert "&lt; -" in histogram and "&gt;= " in histogram  # the bins are labelled (rows, not an empty table)
     code, _, err = run(capsys, "causal", "--model", root / "abdomen.pt", "--image", root / "scans/ct.nii.gz",
                        "--region", "box:24,24", "--out", tmp_path / "bad", "--no-progress")
     assert code == 2 and "box:CORNER,SIDE" in err

@@ -7,7 +7,6 @@ import torch
 
 import segxai as sx
 from segxai.errors import SegxaiError
-from segxai.methods.gradient import input_gradient
 from segxai.methods.instance_saliency import explain_instances, find_instances
 from segxai.targets import ClassRegion
 
@@ -20,17 +19,6 @@ def two_lesions(dims: int, size: int = 24) -> torch.Tensor:
     x[0][cube(dims, 2, 6, size)] = 1.0
     x[0][cube(dims, 14, 19, size)] = 2.0
     return x
-
-
-def per_instance_smoothgrad(model, x, mask, sigma, n, seed):
-    """The plain loop: for each noise draw, one forward and one backward for this instance alone."""
-    generator = torch.Generator().manual_seed(seed)
-    total = torch.zeros_like(x)
-    for _ in range(n):
-        eps = torch.randn((1, *x.shape), generator=generator) * sigma
-        grad, _ = input_gradient(model, x[None] + eps, ClassRegion(1, mask, score="logit", reduce="sum"))
-        total += grad[0]
-    return total / n
 
 
 def test_instances_are_found_and_typed_against_a_reference(dims):
@@ -50,7 +38,9 @@ def test_shared_smoothgrad_equals_a_per_instance_loop(dims):
                                      relative=False, seed=3, batch_size=2, progress=False)
     assert len(explanations) == 2
     for explanation, instance in zip(explanations, found):
-        expected = per_instance_smoothgrad(model, x, instance.mask, 0.2, 5, seed=3)
+        # segxai's own SmoothGrad on this instance alone: one forward and one backward per draw
+        expected = sx.SmoothGrad(model, n_samples=5, noise=0.2, relative=False).explain(
+            x, ClassRegion(1, instance.mask, score="logit", reduce="sum"), seed=3, progress=False).attribution
         assert torch.allclose(explanation.attribution, expected, atol=1e-5)
         assert torch.equal(explanation.target_mask, instance.mask)
         assert explanation.stats["instance"] == instance.index

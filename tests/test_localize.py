@@ -270,6 +270,7 @@ def test_a_2d_localizer_runs_slice_by_slice_on_a_volume(trained):
     probability = localizer.predict(volume, "liver")
     assert probability.shape == volume.shape[1:]
     for z, case in enumerate(held_out[:3]):
-        assert np.array_equal(probability[..., z], localizer.predict(case.image, "liver"))
+        # batched convolutions round differently from one slice at a time
+        np.testing.assert_allclose(probability[..., z], localizer.predict(case.image, "liver"), atol=1e-5)
     with pytest.raises(SegxaiError, match="2D image"):
         localizer.predict(volume[..., None], "liver")

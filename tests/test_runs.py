@@ -238,6 +238,24 @@ def test_failing_case_is_recorded_and_others_continue(dataset, tmp_path):
     assert "Failed cases" in (tmp_path / "out" / "report.html").read_text()
 
 
+
+def test_prediction_roi_restricts_maps_and_bad_method_settings_stop_before_any_case(dataset, tmp_path):
+    from scipy import ndimage
+
+    cls = int(dataset[2].split(":")[1])
+    off = {"faithfulness": False, "sanity": False, "stability": False}
+    result = run(write_config(dataset, tmp_path / "out", rois=["prediction:1"], evaluation=off), progress=False)
+    assert not result.failed
+    folder = tmp_path / "out" / "cases" / "case0"
+    predicted = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj) == cls
+    attribution = np.asarray(nib.load(next((folder / "saliency").glob("*prediction-1*.nii.gz"))).dataobj)
+    grown = ndimage.binary_dilation(predicted, np.ones((3, 3), bool))
+    assert np.abs(attribution[~grown]).max() == 0 and np.abs(attribution[grown]).max() > 0
+    with pytest.raises(SegxaiError, match="bad setting for rise"):
+        run(write_config(dataset, tmp_path / "bad", methods=[{"name": "rise", "params": {"n_maks": 8}}],
+                         evaluation=off), progress=False)
+    assert not (tmp_path / "bad" / "cases").exists()
+
 def test_cli_run_and_bad_config(dataset, tmp_path, capsys):
     from segxai.cli import main
 

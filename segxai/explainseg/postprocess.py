@@ -13,6 +13,7 @@ from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 
 from segxai.errors import SegxaiError
+from segxai.explainseg.baselines import to_pixels
 from segxai.explainseg.ncut import bipartition, token_affinity
 from segxai.explainseg.relevance import fuse
 
@@ -97,8 +98,7 @@ def token_ncut(relevance: np.ndarray, keys: np.ndarray, tau: float = 0.2, eps: f
     weights = token_affinity(np.asarray(keys).reshape(len(r), -1), tau, eps) * np.sqrt(np.outer(r, r)) + eps
     side, _ = bipartition(weights)
     foreground = side if r[side].mean() >= r[~side].mean() else ~side
-    block = (relevance.shape[0] // grid[0], relevance.shape[1] // grid[1])
-    return np.kron(foreground.reshape(grid), np.ones(block, dtype=bool)).astype(bool)
+    return to_pixels(foreground.reshape(grid), relevance.shape)
 
 
 def superpixel_ncut(relevance: np.ndarray, image: np.ndarray | None = None, n_segments: int = 400,

@@ -3,8 +3,8 @@
 The relevance is segxai's Integrated Gradients inside a SmoothGrad noise tunnel (5 samples, as the paper uses
 Captum's NoiseTunnel), reduced over colour channels to one grey map in [0, 1]. The classifier is presented to
 the segxai explainers as a "segmentation" network whose output is its class logits repeated over the image
-grid, and `ClassifierLogit` reads the logit of one class once per item, so every pass and seed is accounted
-for the same way as for a segmenter.
+grid, and the target is `targets.Voxel(cls, (0, 0))`, the class logit read once per item, so every pass and seed
+is accounted for the same way as for a segmenter.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from segxai.errors import SegxaiError
 from segxai.explainseg.backbone import ViTFeatures
 from segxai.methods.integrated import IntegratedGradients
 from segxai.methods.smoothgrad import SmoothGrad
-from segxai.model import SegModel, SegOutput
-from segxai.targets import Target
+from segxai.model import SegModel
+from segxai.targets import Voxel
 
 Reduction = Literal["abs", "positive"]
 FeatureKind = Literal["attention", "keynorm"]
@@ -36,19 +36,6 @@ class ClassScores(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)[:, :, None, None].expand(-1, -1, *x.shape[2:])
-
-
-class ClassifierLogit(Target):
-    """The classifier's logit for class `cls` (one value per item, read at the first grid position)."""
-
-    def __init__(self, cls: int) -> None:
-        self.cls = int(cls)
-
-    def __call__(self, output: SegOutput) -> torch.Tensor:
-        return output.class_logit(self.cls)[:, 0, 0]
-
-    def describe(self) -> dict[str, Any]:
-        return {"target": "ClassifierLogit", "cls": self.cls}
 
 
 @dataclass
@@ -91,7 +78,7 @@ def relevance(
     model = SegModel(ClassScores(classifier), activation="softmax")
     tunnel = SmoothGrad(model, base=IntegratedGradients(model, baselines=0.0, n_steps=n_steps),
                         n_samples=n_samples, noise=noise, relative=False)
-    explanation = tunnel.explain(x, ClassifierLogit(cls), seed=seed, batch_size=batch_size, progress=progress)
+    explanation = tunnel.explain(x, Voxel(cls, (0, 0)), seed=seed, batch_size=batch_size, progress=progress)
     attribution = explanation.attribution[0]
     grey = attribution.abs().sum(0) if reduction == "abs" else attribution.sum(0).clamp(min=0)
     return Relevance(normalize(grey.numpy()), cls, explanation.stats)

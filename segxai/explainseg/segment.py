@@ -16,7 +16,7 @@ from segxai.errors import SegxaiError
 from segxai.explainseg.baselines import baseline_mask
 from segxai.explainseg.classifier import ViTClassifier, resize
 from segxai.explainseg.postprocess import VARIANTS, Graph, variant_mask
-from segxai.explainseg.relevance import FeatureKind, Reduction, feature_map, predict, relevance
+from segxai.explainseg.relevance import FeatureKind, Reduction, feature_map, relevance
 
 BASELINES = ("TokenCut", "MaskCut")
 METHODS = (*VARIANTS, *BASELINES)
@@ -75,9 +75,10 @@ def segment(
     shape = tuple(x.shape[2:])
     with torch.no_grad():
         features = classifier.backbone.features(x)
+        predicted = int(classifier.head(features.cls).argmax(dim=1)[0])  # the classifier's forward, reused
     keys = features.keys[0].cpu().numpy()
     rgb = rgb_image(image, classifier.size) if image.shape[0] == 3 else None
-    result = Segmentation(predict(classifier, x), None, feature_map(features, shape, feature))
+    result = Segmentation(predicted, None, feature_map(features, shape, feature))
     if any(m in VARIANTS for m in methods):
         rel = relevance(classifier, x, result.cls, n_steps=settings.n_steps, n_samples=settings.n_samples,
                         noise=settings.noise, reduction=settings.reduction, seed=seed,

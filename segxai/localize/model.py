@@ -21,6 +21,8 @@ from segxai.localize.text import TextEncoder, check_prompts, words
 from segxai.preprocess import normalize_intensity
 
 
+SLICE_BATCH = 16  # slices of a volume a 2D localizer runs at once
+
 class Localizer(nn.Module):
     """ROI logits `(B, 1, *spatial)` for the structure named in each prompt; see `train_localizer` to fit one.
 
@@ -85,19 +87,20 @@ class Localizer(nn.Module):
         to a multiple of the network stride, then cropped back. Warns when no word of the prompt was in training.
         A 2D localizer given a volume `(C, H, W, D)` runs on its slices along the last axis (axial for NIfTI).
         """
-        if self.spatial_dims == 2 and image.ndim == 4:
-            return np.stack([self.predict(image[..., z], prompt) for z in range(image.shape[-1])], axis=-1)
-        x = self._prepare(image)
+        volume = self.spatial_dims == 2 and image.ndim == 4
+        items = [image[..., z] for z in range(image.shape[-1])] if volume else [image]
+        x = torch.stack([self._prepare(item) for item in items])
         self._warn_if_unseen(check_prompts([prompt])[0])
         was_training = self.training
         self.eval()
         try:
-            with torch.no_grad():
-                logits = self(x[None], [prompt])[0, 0]
+            with torch.no_grad():  # slices of a volume go through in batches, the prompt encoded once per batch
+                logits = torch.cat([self(batch, [prompt] * len(batch))[:, 0] for batch in x.split(SLICE_BATCH)])
         finally:
             self.train(was_training)
-        crop = tuple(slice(0, n) for n in image.shape[1:])
-        return torch.sigmoid(logits[crop]).cpu().numpy().astype(np.float32)
+        crop = (slice(None), *(slice(0, n) for n in items[0].shape[1:]))
+        probability = torch.sigmoid(logits[crop]).cpu().numpy().astype(np.float32)
+        return np.moveaxis(probability, 0, -1) if volume else probability[0]
 
     def _prepare(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)

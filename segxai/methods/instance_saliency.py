@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -198,10 +198,10 @@ def _accumulate(model: SegModel, x: torch.Tensor, cls: int, masks: list[torch.Te
     clean = view(x)
     targets = [view(m.to(x.device)) for m in masks]
     totals = [torch.zeros_like(clean[0]) for _ in masks]
-    draws = _noise(x, sigma, int(n_samples), batch, seed)
+    draws = _noise(x, sigma, int(n_samples), batch, seed, view)
     steps = -(-int(n_samples) // batch)
     for eps in progress_bar(draws, enabled=progress, total=steps, desc="instance gradients"):
-        noisy = (clean + view(eps)).detach().requires_grad_(True)
+        noisy = (clean + eps).detach().requires_grad_(True)
         with torch.enable_grad():
             output = model(noisy)
             for k, mask in enumerate(targets):
@@ -233,14 +233,16 @@ def _chunks(mask: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
         yield part.reshape(mask.shape)
 
 
-def _noise(x: torch.Tensor, sigma: torch.Tensor, n_samples: int, batch: int, seed: int) -> Iterator[torch.Tensor]:
+def _noise(x: torch.Tensor, sigma: torch.Tensor, n_samples: int, batch: int, seed: int,
+           view: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[torch.Tensor]:
     """`n_samples` Gaussian draws of `x`'s shape scaled by `sigma`, in batches, from a generator seeded by
-    `seed`; drawn one by one on the CPU, so the same seed gives the same draws for any batch size and device."""
+    `seed`; drawn one by one on the CPU, so the same seed gives the same draws for any batch size and device,
+    and cut to `view` (a crop) before they go to the device."""
     generator = torch.Generator().manual_seed(int(seed))
     for start in range(0, n_samples, batch):
         count = min(batch, n_samples - start)
         eps = torch.cat([torch.randn(x.shape, generator=generator) for _ in range(count)])
-        yield eps.to(x.device, x.dtype) * sigma
+        yield view(eps).to(x.device, x.dtype) * sigma
 
 
 def _instance_stats(instance: FoundInstance) -> dict[str, object]:

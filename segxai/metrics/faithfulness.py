@@ -22,6 +22,7 @@ from torch import nn
 
 from segxai.errors import SegxaiError
 from segxai.methods.base import as_segmodel, resolve_batch_size
+from segxai.methods.perturb.causal_blocks import BlockGrid
 from segxai.methods.perturb.fills import make_fill
 from segxai.methods.perturb.regions import per_axis
 from segxai.metrics.localization import MapLike, spatial_map
@@ -333,9 +334,9 @@ class _BlockSetup:
         x = _single_image(model, inputs)
         spatial = tuple(x.shape[2:])
         sides = per_axis(block, len(spatial), "block")
-        grid = tuple(math.ceil(n / b) for n, b in zip(spatial, sides))
-        ids = _block_ids(spatial, sides, grid)
-        candidates = _candidate_blocks(ids, math.prod(grid), exclude, spatial)
+        blocks = BlockGrid(spatial, sides)
+        grid, ids = blocks.counts, blocks.ids
+        candidates = _candidate_blocks(blocks, exclude)
         generator = torch.Generator().manual_seed(int(seed))
         draws = int(draws) if fill in RANDOM_FILLS else 1
         fills = _block_fills(fill, pool, x, sides, grid, generator, draws)
@@ -386,24 +387,14 @@ class _BlockSetup:
         ]
 
 
-def _block_ids(spatial: tuple[int, ...], sides: tuple[int, ...], grid: tuple[int, ...]) -> torch.Tensor:
-    """The flat block-grid index of every voxel (blocks of `sides`; the last ones are cut at the border)."""
-    coords = torch.meshgrid(*(torch.arange(n) // b for n, b in zip(spatial, sides)), indexing="ij")
-    ids = torch.zeros(spatial, dtype=torch.long)
-    for coord, size in zip(coords, grid):
-        ids = ids * size + coord
-    return ids
-
-
-def _candidate_blocks(ids: torch.Tensor, n_blocks: int, exclude: ArrayLike | None,
-                      spatial: tuple[int, ...]) -> torch.Tensor:
+def _candidate_blocks(blocks: BlockGrid, exclude: ArrayLike | None) -> torch.Tensor:
     """Blocks that do not touch `exclude` (all blocks without it)."""
     if exclude is None:
-        return torch.ones(n_blocks, dtype=torch.bool)
-    mask = _as_tensor(exclude).bool().cpu()
-    if tuple(mask.shape) != spatial:
-        raise SegxaiError(f"exclude has shape {tuple(mask.shape)}; expected the input grid {spatial}")
-    touched = torch.bincount(ids[mask], minlength=n_blocks) > 0
+        return torch.ones(len(blocks), dtype=torch.bool)
+    mask = _as_tensor(exclude).bool()
+    if tuple(mask.shape) != blocks.shape:
+        raise SegxaiError(f"exclude has shape {tuple(mask.shape)}; expected the input grid {blocks.shape}")
+    touched = blocks.touching(mask)
     if bool(touched.all()):
         raise SegxaiError("exclude touches every block; no block is left to treat")
     return ~touched

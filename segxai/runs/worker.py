@@ -29,12 +29,15 @@ class CaseWorker:
 
     def __init__(self, config: RunConfig, out: Path, threads: int | None = None) -> None:
         from segxai.checkpoint import load_checkpoint
+        from segxai.methods import get_method
 
         if threads is not None:
             torch.set_num_threads(threads)
         self.config = config
         self.out = Path(out)
         self.model, self.model_config = load_checkpoint(config.model.checkpoint, device=config.model.device)
+        # Built once: a bad method setting is one clear error before any case runs, not a failure per case.
+        self.explainers = [get_method(method.name, self.model, **method.params) for method in config.methods]
 
     def process(self, case: Case) -> dict[str, Any]:
         start = time.perf_counter()
@@ -53,7 +56,7 @@ class CaseWorker:
 
     def _explain_case(self, case: Case) -> tuple[dict[str, str], list[dict[str, Any]]]:
         from segxai.io import load_image, load_mask, save_array
-        from segxai.pipeline import _output_format
+        from segxai.pipeline import output_format
         from segxai.preprocess import normalize_intensity
 
         if case.problem:
@@ -63,22 +66,22 @@ class CaseWorker:
         x = self.model.prepare(normalize_intensity(image.array, self.model_config.get("intensity")))[0][0]
         folder = self.out / "cases" / case.name
         folder.mkdir(parents=True, exist_ok=True)
-        extension, like = _output_format(image)
+        extension, like = output_format(image)
         prediction = self.model.predict(x).cpu().numpy().astype(np.uint8)
         outputs = {"prediction": save_array(prediction, folder / f"prediction{extension}", like=like)}
         rows = []
         channels = list(image.channel_names)
         for spec in self.config.targets:
             for roi_spec in self.config.rois:
-                variant_outputs, variant_rows = self._variant(case, x, spec, roi_spec, labels, like, channels)
+                variant_outputs, variant_rows = self._variant(case, x, spec, roi_spec, labels, prediction, like,
+                                                              channels)
                 outputs.update(variant_outputs)
                 rows += variant_rows
         return {k: str(Path(p).relative_to(self.out)) for k, p in outputs.items()}, rows
 
     def _variant(self, case: Case, x: torch.Tensor, spec: str, roi_spec: str, labels: np.ndarray | None,
-                 like: Any, channels: list[str]) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+                 prediction: np.ndarray, like: Any, channels: list[str]) -> tuple[dict[str, Path], list[dict[str, Any]]]:
         """Every method on one target and ROI provider."""
-        from segxai.methods import get_method
         from segxai.runs.rois import make_roi
         from segxai.runs.suite import evaluate_explanation
         from segxai.targets import parse_target
@@ -86,11 +89,10 @@ class CaseWorker:
         target = parse_target(spec)
         cls = getattr(target, "cls", None)
         truth = None if labels is None or cls is None else torch.from_numpy(labels == cls)
-        roi = make_roi(roi_spec, self.model, x, cls, truth)
+        roi = make_roi(roi_spec, cls, truth, prediction)
         name = variant_name(spec, roi_spec)
         outputs, rows = {}, []
-        for method in self.config.methods:
-            explainer = get_method(method.name, self.model, **method.params)
+        for method, explainer in zip(self.config.methods, self.explainers):
 
             def explain(inputs: torch.Tensor, explainer=explainer):
                 return explainer.explain(inputs, target, roi=roi, seed=self.config.seed, progress=False)

@@ -36,9 +36,14 @@ class BlockGrid:
 
     def __init__(self, shape: Sequence[int], block: Sequence[int]) -> None:
         self.shape, self.block = tuple(shape), tuple(block)
-        counts = [math.ceil(n / b) for n, b in zip(self.shape, self.block)]
-        index = torch.stack(torch.meshgrid(*[torch.arange(c) for c in counts], indexing="ij"), -1)
+        self.counts = tuple(math.ceil(n / b) for n, b in zip(self.shape, self.block))
+        index = torch.stack(torch.meshgrid(*[torch.arange(c) for c in self.counts], indexing="ij"), -1)
         self.corners = index.reshape(-1, len(self.shape)) * torch.tensor(self.block)
+        # The flat block index of every voxel, in the order of `corners`.
+        coords = torch.meshgrid(*(torch.arange(n) // b for n, b in zip(self.shape, self.block)), indexing="ij")
+        self.ids = torch.zeros(self.shape, dtype=torch.long)
+        for coord, count in zip(coords, self.counts):
+            self.ids = self.ids * count + coord
 
     def __len__(self) -> int:
         return len(self.corners)
@@ -50,8 +55,7 @@ class BlockGrid:
         """Which blocks hold at least one voxel of `mask` (all blocks for None)."""
         if mask is None:
             return torch.ones(len(self), dtype=torch.bool)
-        mask = mask.cpu()
-        return torch.tensor([bool(mask[self.box(i)].any()) for i in range(len(self))], dtype=torch.bool)
+        return torch.bincount(self.ids[mask.cpu().bool()], minlength=len(self)) > 0
 
     def paint(self, values: torch.Tensor) -> torch.Tensor:
         """A `(*shape)` map with each block's value over its voxels."""
