@@ -76,8 +76,10 @@ def _restored(net: nn.Module) -> Iterator[None]:
 
 def _reinitialise(layers: list[nn.Module], seed: int) -> None:
     """The layers' default initialisation (`reset_parameters`), or a normal draw with each parameter's own
-    spread for layers without one; seeded, and the CPU generator is left as it was."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    spread for layers without one; seeded, and the global generators (CPU and the layers' GPUs) are left as they
+    were."""
+    gpus = sorted({p.device.index or 0 for layer in layers for p in layer.parameters() if p.is_cuda})
+    with torch.random.fork_rng(devices=gpus), torch.no_grad():
         torch.manual_seed(seed)
         for layer in layers:
             if hasattr(layer, "reset_parameters"):
