@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from segxai.checkpoint import load_checkpoint, save_checkpoint
+from segxai.models.checkpoint import load_checkpoint, save_checkpoint
 from segxai.model import SegModel
 from segxai.preprocess import normalize_intensity
-from segxai.train import TrainResult, dice_per_class, train_on_phantoms, train_segmenter
+from segxai.models.train import TrainResult, dice_per_class, train_on_phantoms, train_segmenter
 
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".segxai-cache" / "bench"
 SEED = 0

@@ -33,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from measuring import cpu_name, markdown
 
-from segxai.checkpoint import build_network, network_config, save_checkpoint
+from segxai.models.checkpoint import save_checkpoint
+from segxai.models.presets import build_network, network_config
 from segxai.data import abdomen_phantom
 from segxai.io import save_array
 from segxai.metrics import write_csv
-from segxai.runs import run
-from segxai.train import PHANTOM_SETTINGS
+from segxai.pipelines.runs import run
+from segxai.models.train import PHANTOM_SETTINGS
 
 
 def make_dataset(work: Path, n: int, shape: tuple[int, int]) -> Path:

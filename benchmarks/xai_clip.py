@@ -33,11 +33,12 @@ from measuring import cpu_name, markdown
 from perturbation import SEED, method_row
 
 from segxai.data import phantom_dataset
-from segxai.localize import Localizer, roi_from_probability
+from segxai.localize import Localizer
+from segxai.roi import from_probability
 from segxai.metrics import write_csv
 from segxai.roi import from_mask
 from segxai.targets import ClassRegion
-from segxai.train import dice_per_class
+from segxai.models.train import dice_per_class
 
 ENCODER = "tiny"
 STEPS = 600  # localizer training steps, as in localize.py
@@ -72,7 +73,7 @@ def localise(localizer: Localizer, volume: np.ndarray, prompt: str,
     margin, and the seconds both took."""
     start = time.perf_counter()
     probability = localizer.predict(volume, prompt)
-    organ = roi_from_probability(probability)
+    organ = from_probability(probability)
     roi = from_mask(organ, margin)
     return roi, organ.numpy(), time.perf_counter() - start
 

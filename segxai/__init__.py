@@ -26,8 +26,11 @@ _LAZY_ATTRIBUTES = {
     "CausalBlocks": "segxai.methods",
 }
 _LAZY_MODULES = {
-    "targets", "roi", "io", "data", "methods", "metrics", "report", "train", "errors", "model", "explanation",
-    "localize", "explainseg", "runs",
-}
+    name: f"segxai.{name}"
+    for name in (
+        "targets", "roi", "io", "data", "methods", "metrics", "report", "errors", "model", "explanation",
+        "localize", "explainseg", "models", "pipelines",
+    )
+} | {"train": "segxai.models.train", "runs": "segxai.pipelines.runs"}
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _LAZY_ATTRIBUTES, _LAZY_MODULES)

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "segxai " + " ".join(shlex.quote(a) for a in argv)
     try:
         if args.command == "demo":
-            from segxai.demo import run_demo
+            from segxai.pipelines.demo import run_demo
 
             report = run_demo(args.out, args.cache, progress=not args.no_progress)
             print(f"report: {report}")
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "explain" and args.target.startswith("instances:"):
             _explain_instances(args, command)
         elif args.command == "explain":
-            from segxai.pipeline import explain_files
+            from segxai.pipelines.explain import explain_files
 
             if args.reference:
                 raise SegxaiError("--reference is for --target instances:CLS")
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{stats['method']}: {stats['forward_passes']} forward / {stats['backward_passes']} backward "
                   f"passes in {stats['seconds']:.2f} s; report: {result.written['report']}")
         elif args.command == "evaluate":
-            from segxai.evaluate import evaluate_files
+            from segxai.pipelines.evaluate import evaluate_files
 
             result = evaluate_files(
                 args.model, args.image, args.mask, args.label, args.out, methods=args.methods.split(","),
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _explain_instances(args: argparse.Namespace, command: str) -> None:
-    from segxai.pipeline import explain_instance_files
+    from segxai.pipelines.explain import explain_instance_files
 
     if args.roi:
         raise SegxaiError("--roi does not apply to --target instances:CLS (each instance is its own target)")
@@ -156,7 +156,7 @@ def _explain_instances(args: argparse.Namespace, command: str) -> None:
 
 
 def _run(args: argparse.Namespace, command: str) -> None:
-    from segxai.runs import run
+    from segxai.pipelines.runs import run
 
     result = run(args.config, out=args.out, executor=args.executor, workers=args.workers,
                  progress=not args.no_progress, command=command)
@@ -165,8 +165,8 @@ def _run(args: argparse.Namespace, command: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from segxai.checkpoint import save_checkpoint
-    from segxai.train import train_on_phantoms, train_segmenter
+    from segxai.models.checkpoint import save_checkpoint
+    from segxai.models.train import train_on_phantoms, train_segmenter
 
     progress = not args.no_progress
     if args.phantom:
@@ -247,7 +247,7 @@ def _causal_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _causal(args: argparse.Namespace, command: str) -> None:
-    from segxai.causal_files import causal_blocks_files, component_files
+    from segxai.pipelines.causal import causal_blocks_files, component_files
 
     options = dict(params=parse_params(args.param), seed=args.seed, device=args.device,
                    progress=not args.no_progress, command=command)
@@ -360,11 +360,12 @@ def _localize_parser(commands: argparse._SubParsersAction) -> None:
 
 def _localize(args: argparse.Namespace) -> None:
     from segxai.io import load_image, load_mask, save_array
-    from segxai.localize import build_encoder, load_localizer, roi_from_text, save_localizer, train_localizer
+    from segxai.localize import build_encoder, load_localizer, save_localizer, train_localizer
+    from segxai.roi import from_text
 
     if args.localize_step == "predict":
         image = load_image(args.image)
-        mask = roi_from_text(args.prompt, load_localizer(args.model), image.array, threshold=args.threshold,
+        mask = from_text(args.prompt, load_localizer(args.model), image.array, threshold=args.threshold,
                              margin=args.margin)
         path = save_array(mask.numpy(), args.out, like=image)
         print(f"ROI of {args.prompt!r}: {int(mask.sum())} voxels -> {path}")

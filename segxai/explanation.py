@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -93,15 +93,25 @@ class Explanation:
         *,
         name: str = "attribution",
         channel_names: Sequence[str] | None = None,
+        overlay: Callable[..., Path] | None = None,
     ) -> dict[str, Path]:
-        """Write the maps, an overlay PNG and the stats JSON into `out_dir`; returns the written paths.
+        """Write the maps, the stats JSON and, given a drawing function, an overlay PNG into `out_dir`.
 
         3D maps (or any map when `like` is a NIfTI image/path) become NIfTI with the reference affine, one file
         per input channel; 2D maps become `.npy` (exact values) plus a PNG of the normalised map. Each batch
         item gets its own suffix. Every file is written atomically.
+
+        Args:
+            out_dir: folder to write into (created if missing).
+            like: the source image (a `segxai.io.Image` or a NIfTI path) whose grid and affine the maps keep.
+            name: file stem.
+            channel_names: one name per attribution channel (default c0, c1, ...).
+            overlay: `segxai.report.save_overlay` or a function of the same signature; None writes no overlay.
+
+        Returns:
+            The written paths by key (`{name}_{channel}`, `{name}_overlay`, `{name}_stats`).
         """
         from segxai.io import atomic_write, save_array
-        from segxai.report import save_overlay
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -124,8 +134,10 @@ class Explanation:
                 else:
                     written[key] = save_array(values.astype(np.float32), out / f"{key}.npy")
                     written[f"{key}_png"] = save_array(_to_uint8(values), out / f"{key}.png")
+            if overlay is None:
+                continue
             underlay = inputs[item] if inputs is not None else np.zeros((1, *maps.shape[1:]), np.float32)
-            written[f"{stem}_overlay"] = save_overlay(
+            written[f"{stem}_overlay"] = overlay(
                 out / f"{stem}_overlay.png",
                 underlay,
                 maps.sum(0),

@@ -1,10 +1,18 @@
-"""Connected-component instances of a binary mask, in 2D and 3D, numbered as SciPy numbers them."""
+"""Binary masks and their instances, in 2D and 3D: validation, connected components numbered as SciPy numbers
+them, and the typing of predicted instances against a reference (TP / FP / FN)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import numpy as np
+import torch
 from scipy import ndimage
 
 from segxai.errors import SegxaiError
+
+MaskLike = torch.Tensor | np.ndarray
+LesionType = Literal["TP", "FP", "FN"]
 
 
 def label_instances(mask: np.ndarray, connectivity: int | None = None, min_size: int = 1) -> np.ndarray:
@@ -26,3 +34,94 @@ def label_instances(mask: np.ndarray, connectivity: int | None = None, min_size:
         renumber[keep] = np.arange(1, int(keep.sum()) + 1)
         labels = renumber[labels]
     return labels
+
+
+def as_mask(value: MaskLike, name: str = "mask") -> torch.Tensor:
+    """A CPU bool tensor from a boolean or 0/1 array or tensor.
+
+    Other values are refused rather than guessed: a label map or a probability map must be binarised first.
+    """
+    if isinstance(value, np.ndarray):
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+            raise SegxaiError(f"{name} has non-numeric dtype {value.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+    else:
+        raise SegxaiError(f"{name} must be a torch.Tensor or numpy array, not {type(value).__name__}")
+    if tensor.dtype == torch.bool:
+        return tensor
+    if not bool(((tensor == 0) | (tensor == 1)).all()):
+        raise SegxaiError(f"{name} must be boolean or 0/1; binarise it first (e.g. labels == cls)")
+    return tensor != 0
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One typed instance: `id` (its row in tables), `type`, and its `label` in the `source` label map."""
+
+    id: int
+    type: LesionType
+    source: Literal["prediction", "reference"]
+    label: int
+
+
+@dataclass
+class LesionTypes:
+    """Instances of a prediction typed against a reference (METHODS §0.4, §3.3).
+
+    `predicted` and `reference` are the instance label maps. `lesions` lists the predicted instances (TP or FP)
+    with their label as id, then the missed reference instances (FN) numbered on after them; FN lesions are
+    judged on their reference footprint.
+    """
+
+    predicted: np.ndarray
+    reference: np.ndarray
+    lesions: list[Lesion] = field(default_factory=list)
+
+    def mask(self, lesion: Lesion) -> np.ndarray:
+        """The lesion's voxels, from the label map it comes from."""
+        labels = self.predicted if lesion.source == "prediction" else self.reference
+        return labels == lesion.label
+
+    def counts(self) -> dict[str, int]:
+        return {kind: sum(lesion.type == kind for lesion in self.lesions) for kind in ("TP", "FP", "FN")}
+
+    def rates(self) -> dict[str, float]:
+        """Lesion-wise TPR = TP/(TP+FN), FDR = FP/(FP+TP), FNR = FN/(TP+FN); NaN for a zero denominator."""
+        n = self.counts()
+        return {
+            "TPR": _ratio(n["TP"], n["TP"] + n["FN"]),
+            "FDR": _ratio(n["FP"], n["FP"] + n["TP"]),
+            "FNR": _ratio(n["FN"], n["TP"] + n["FN"]),
+        }
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole else float("nan")
+
+
+def lesion_types(
+    prediction: MaskLike, reference: MaskLike, *, connectivity: int | None = None, min_size: int = 1
+) -> LesionTypes:
+    """Type the connected components of a binary prediction against a binary reference.
+
+    A predicted component overlapping the reference at all is TP, otherwise FP; a reference component that
+    no kept predicted component touches is FN. Components are 18-connected in 3D by default; `min_size` drops
+    predicted components below that many voxels (the IES code keeps those of more than 5, i.e. min_size=6).
+    """
+    pred = as_mask(prediction, "prediction").numpy()
+    ref = as_mask(reference, "reference").numpy()
+    if pred.shape != ref.shape:
+        raise SegxaiError(f"prediction {pred.shape} and reference {ref.shape} must have the same shape")
+    predicted = label_instances(pred, connectivity=connectivity, min_size=min_size)
+    references = label_instances(ref, connectivity=connectivity)
+    hit_predicted = set(np.unique(predicted[ref]).tolist()) - {0}
+    hit_reference = set(np.unique(references[predicted > 0]).tolist()) - {0}
+    lesions = [
+        Lesion(label, "TP" if label in hit_predicted else "FP", "prediction", label)
+        for label in range(1, int(predicted.max()) + 1)
+    ]
+    missed = [label for label in range(1, int(references.max()) + 1) if label not in hit_reference]
+    lesions += [Lesion(len(lesions) + i, "FN", "reference", label) for i, label in enumerate(missed, start=1)]
+    return LesionTypes(predicted, references, lesions)

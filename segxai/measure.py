@@ -1,15 +1,24 @@
 """Cost accounting shared by every method: wall time, peak memory, and the model's pass counters."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import resource
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from segxai.model import SegModel
+
+
+class Counted(Protocol):
+    """What a measure reads: the model's device and its pass counters (`segxai.SegModel` has both)."""
+
+    device: torch.device
+
+    def counts(self) -> dict[str, int]: ...
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -22,6 +31,28 @@ def _resident_bytes() -> int | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """What an explanation cost: passes in batch items and in calls, input voxels carried through the network
+    (the hardware-independent cost of cropped computation), wall seconds and peak extra memory."""
+
+    forward_passes: int = 0
+    backward_passes: int = 0
+    forward_calls: int = 0
+    backward_calls: int = 0
+    forward_voxels: int = 0
+    seconds: float = 0.0
+    peak_memory_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __add__(self, other: "Cost") -> "Cost":
+        """Two costs run one after the other: counts and seconds add up, the peak is the larger one."""
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)}
+        return Cost(**{**summed, "peak_memory_bytes": max(self.peak_memory_bytes, other.peak_memory_bytes)})
+
+
 class Measure:
     """Context manager recording seconds, peak extra memory and the passes `model` ran inside it.
 
@@ -29,7 +60,7 @@ class Measure:
     thread reads the resident set size (Linux), falling back to the process high-water mark elsewhere.
     """
 
-    def __init__(self, model: SegModel, interval: float = 0.002) -> None:
+    def __init__(self, model: Counted, interval: float = 0.002) -> None:
         self.model = model
         self.interval = interval
         self.seconds = 0.0
@@ -84,9 +115,12 @@ class Measure:
     def backward_passes(self) -> int:
         return self.counts.get("backward_passes", 0)
 
+    @property
+    def cost(self) -> Cost:
+        """The measured cost (valid after the `with` block)."""
+        known = {f.name for f in dataclasses.fields(Cost)}
+        counts = {key: int(value) for key, value in self.counts.items() if key in known}
+        return Cost(**counts, seconds=round(self.seconds, 6), peak_memory_bytes=int(max(self.peak_memory_bytes, 0)))
+
     def as_stats(self) -> dict[str, Any]:
-        return {
-            **self.counts,
-            "seconds": round(self.seconds, 6),
-            "peak_memory_bytes": int(max(self.peak_memory_bytes, 0)),
-        }
+        return self.cost.as_dict()

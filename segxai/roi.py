@@ -7,19 +7,26 @@ gradient probe when not given), aligned to the network's down-sampling factor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+import warnings
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from segxai.errors import SegxaiError
+from segxai.instances import label_instances
 from segxai.model import SegModel
 
 MaskLike = torch.Tensor | np.ndarray
 
-if TYPE_CHECKING:
-    from segxai.localize.model import Localizer
+
+
+class TextLocalizer(Protocol):
+    """Anything that maps a raw `(C, *spatial)` image and a prompt to a probability map on its grid
+    (`segxai.localize.Localizer` is one)."""
+
+    def predict(self, image: MaskLike, prompt: str) -> torch.Tensor: ...
 
 
 def as_roi(roi: MaskLike | None, spatial_shape: Sequence[int]) -> torch.Tensor | None:
@@ -76,13 +83,52 @@ def from_predicted_labels(labels: MaskLike, cls: int, margin: float = 0) -> torc
     return from_mask(predicted.cpu(), margin)
 
 
-def from_text(prompt: str, localizer: Localizer, image: MaskLike, margin: float = 8, **options: object) -> torch.Tensor:
+def from_text(prompt: str, localizer: TextLocalizer, image: MaskLike, margin: float = 8, **options: Any) -> torch.Tensor:
     """An ROI from a text prompt ("left kidney") on one raw `(C, *spatial)` image with a trained localizer,
-    grown by `margin` voxels; `options` go to `segxai.localize.roi_from_probability` (threshold, components,
-    spacing, fallback)."""
-    from segxai.localize import roi_from_text
+    grown by `margin` voxels (the default keeps boundary context); `options` go to `from_probability`
+    (threshold, components, fill_holes, spacing, fallback)."""
+    return from_probability(localizer.predict(image, prompt), margin=margin, **options)
 
-    return roi_from_text(prompt, localizer, image, margin=margin, **options)
+
+def from_probability(
+    probability: MaskLike,
+    *,
+    threshold: float = 0.5,
+    components: int = 1,
+    fill_holes: bool = True,
+    margin: float = 0,
+    spacing: Sequence[float] | None = None,
+    fallback: MaskLike | None = None,
+) -> torch.Tensor:
+    """A boolean ROI from a probability map: `>= threshold`, the `components` largest connected components
+    (0 keeps all), holes filled, grown by `margin` voxels (mm with `spacing`); `fallback` when that is empty."""
+    prob = probability.detach().cpu().numpy() if isinstance(probability, torch.Tensor) else np.asarray(probability)
+    if prob.size == 0 or not np.isfinite(prob).all():
+        raise SegxaiError("the probability map is empty or holds NaN/infinite values")
+    if not 0 < threshold < 1:
+        raise SegxaiError(f"threshold must be between 0 and 1, not {threshold}")
+    if int(components) != components or components < 0:
+        raise SegxaiError(f"components must be a non-negative integer (0 keeps all), not {components}")
+    mask = keep_largest(prob >= threshold, int(components))
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    if mask.any():
+        return from_mask(mask, margin, spacing)
+    if fallback is None:
+        raise SegxaiError(f"the localizer found no voxel with probability >= {threshold} and no fallback ROI was given")
+    warnings.warn(f"the localizer found no voxel with probability >= {threshold}; using the fallback ROI", stacklevel=2)
+    return from_mask(fallback, margin, spacing)
+
+
+def keep_largest(mask: np.ndarray, components: int) -> np.ndarray:
+    """The `components` largest connected components of `mask` (all of them when 0); ties keep scan order."""
+    labels = label_instances(mask)
+    count = int(labels.max())
+    if components == 0 or count <= components:
+        return labels > 0
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    kept = np.argsort(-sizes, kind="stable")[:components] + 1
+    return np.isin(labels, kept)
 
 
 @dataclass(frozen=True)

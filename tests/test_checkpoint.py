@@ -6,13 +6,8 @@ import pickle
 import pytest
 import torch
 
-from segxai.checkpoint import (
-    build_network,
-    load_checkpoint,
-    network_config,
-    save_checkpoint,
-    total_stride,
-)
+from segxai.models.checkpoint import load_checkpoint, save_checkpoint
+from segxai.models.presets import build_network, network_config, total_stride
 from segxai.errors import SegxaiError
 
 

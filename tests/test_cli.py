@@ -143,7 +143,7 @@ def test_causal_blocks_on_a_region_with_a_patch_pool(workspace, other_scans, cap
 
 def test_causal_components_rank_layers_by_resample_ablation(workspace, other_scans, capsys, tmp_path):
     root, _ = workspace
-    from segxai.checkpoint import load_checkpoint
+    from segxai.models.checkpoint import load_checkpoint
     from segxai.methods.cam import conv_layers
 
     layers = conv_layers(load_checkpoint(root / "abdomen.pt")[0].net)[:2]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from segxai.demo import run_demo
+from segxai.pipelines.demo import run_demo
 
 
 def test_demo_writes_a_report_with_an_overlay_per_explained_target(tmp_path, monkeypatch):

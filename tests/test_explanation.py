@@ -11,6 +11,7 @@ import torch
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
 from segxai.io import Image, load_image, save_array
+from segxai.report import save_overlay
 from tests.conftest import grid
 
 
@@ -67,7 +68,7 @@ def test_save_3d_keeps_the_reference_affine_and_values(tmp_path):
     e = make(3)
     affine = np.array([[0, -1.5, 0, 10], [2.0, 0, 0, -4], [0, 0, 3.0, 7], [0, 0, 0, 1]])
     reference = save_array(np.zeros(grid(3, 8), np.float32), tmp_path / "scan.nii.gz", like=Image(np.zeros((1, *grid(3, 8))), affine, "nifti"))
-    written = e.save(tmp_path / "out", like=reference, channel_names=["flair", "t1"])
+    written = e.save(tmp_path / "out", like=reference, channel_names=["flair", "t1"], overlay=save_overlay)
     for index, name in enumerate(["flair", "t1"]):
         nifti = nib.load(written[f"attribution_{name}"])
         np.testing.assert_allclose(nifti.affine, affine)
@@ -81,9 +82,11 @@ def test_save_3d_keeps_the_reference_affine_and_values(tmp_path):
 
 def test_save_2d_writes_exact_values_and_pictures(tmp_path):
     e = make(2)
-    written = e.save(tmp_path, channel_names=["R", "G"])
+    written = e.save(tmp_path, channel_names=["R", "G"], overlay=save_overlay)
     np.testing.assert_array_equal(np.load(written["attribution_R"]), e.attribution[0].numpy())
     assert written["attribution_R_png"].exists() and written["attribution_overlay"].exists()
+    plain = e.save(tmp_path / "plain", channel_names=["R", "G"])
+    assert "attribution_overlay" not in plain and plain["attribution_R_png"].exists()
 
 
 def test_save_batched_writes_one_set_per_item(tmp_path):

@@ -398,7 +398,7 @@ def test_bad_inputs_raise_segxai_errors(dims):
 
 
 def test_instance_report_compares_peaks_only_with_two_typed_groups():
-    from segxai.pipeline import _peak_comparison
+    from segxai.pipelines.explain import _peak_comparison
 
     rows = [{"type": "TP", "peak": p} for p in (5.0, 6.0, 7.0, 8.0)] + [{"type": "FP", "peak": p} for p in (1.0, 2.0)]
     (section,) = _peak_comparison(rows)

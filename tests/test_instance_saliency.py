@@ -149,7 +149,7 @@ def test_bad_calls_raise_clear_errors(dims):
 @pytest.fixture(scope="module")
 def brain_model():
     """A small 3D U-Net trained for 150 steps on seeded two-channel brain phantoms (about 15 s)."""
-    from segxai.train import train_on_phantoms
+    from segxai.models.train import train_on_phantoms
 
     return train_on_phantoms("brain", (48, 48, 24), n_train=12, steps=150, progress=False)
 

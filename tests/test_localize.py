@@ -13,7 +13,7 @@ from segxai import roi
 from segxai.data import abdomen_phantom, phantom_dataset
 from segxai.errors import SegxaiError
 from segxai.localize import (
-    TinyTextEncoder, default_prompt, load_localizer, localizer_dice, roi_from_probability, save_localizer,
+    TinyTextEncoder, default_prompt, load_localizer, localizer_dice, save_localizer,
     train_localizer,
 )
 
@@ -86,13 +86,13 @@ def test_postprocessing_keeps_largest_components_fills_holes_and_grows():
     prob[6:8, 6:8] = 0.1
     prob[20:25, 20:25] = 0.8    # 25 px
     prob[28:30, 2:4] = 0.7      # 4 px
-    largest = roi_from_probability(prob).numpy()
+    largest = roi.from_probability(prob).numpy()
     assert largest.sum() == 100 and largest[6, 6]
-    two = roi_from_probability(prob, components=2, fill_holes=False).numpy()
+    two = roi.from_probability(prob, components=2, fill_holes=False).numpy()
     assert two.sum() == 96 + 25 and not two[6, 6]
-    assert roi_from_probability(prob, components=0).sum() == 100 + 25 + 4
-    assert roi_from_probability(prob, threshold=0.85).sum() == 100
-    grown = roi_from_probability(prob, margin=2).numpy()
+    assert roi.from_probability(prob, components=0).sum() == 100 + 25 + 4
+    assert roi.from_probability(prob, threshold=0.85).sum() == 100
+    grown = roi.from_probability(prob, margin=2).numpy()
     assert grown[0:14, 2:12].all() and grown[2:12, 0:14].all() and not grown[0, 0] and not grown[15, 15]
 
 
@@ -100,15 +100,15 @@ def test_postprocessing_falls_back_with_a_warning_when_empty():
     empty = np.full((16, 16), 0.2, dtype=np.float32)
     box = roi.from_box((4, 4), (3, 3), (16, 16))
     with pytest.warns(UserWarning, match="fallback"):
-        fallback = roi_from_probability(empty, fallback=box)
+        fallback = roi.from_probability(empty, fallback=box)
     assert torch.equal(fallback, box)
     with pytest.raises(SegxaiError, match="no voxel"):
-        roi_from_probability(empty)
+        roi.from_probability(empty)
     for bad in ({"threshold": 1.5}, {"components": -1}):
         with pytest.raises(SegxaiError):
-            roi_from_probability(empty, **bad)
+            roi.from_probability(empty, **bad)
     with pytest.raises(SegxaiError, match="NaN"):
-        roi_from_probability(np.full((4, 4), np.nan))
+        roi.from_probability(np.full((4, 4), np.nan))
 
 
 @SHARES_TRAINED
@@ -210,14 +210,15 @@ def test_pipeline_text_roi_and_cli_train_predict(tmp_path):
     assert main(["localize", "predict", "--model", str(tmp_path / "missing.pt"), "--image", str(paths[0][0]),
                  "--prompt", "liver", "--out", str(tmp_path / "x.nii.gz")]) == 2
 
-    from segxai.pipeline import parse_roi
+    from segxai.pipelines.explain import parse_roi
 
     image = load_image(paths[0][0])
     spec_roi = parse_roi(f"text:liver@{tmp_path / 'loc.pt'}", image, None, None)
     assert spec_roi.shape == image.spatial_shape and spec_roi.dtype == torch.bool
 
     # XAI-CLIP on the command line: unrestricted vs the mask ROI vs the text ROI, localisation time counted.
-    from segxai.checkpoint import build_network, network_config, save_checkpoint
+    from segxai.models.checkpoint import save_checkpoint
+    from segxai.models.presets import build_network, network_config
 
     config = network_config("unet3d", 1, 3, intensity=WINDOW)
     config["network"].update(channels=[4, 8], strides=[2])

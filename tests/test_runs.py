@@ -18,8 +18,8 @@ import yaml
 from segxai import methods as method_registry
 from segxai.errors import SegxaiError
 from segxai.methods.base import Explainer
-from segxai.runs import parse_config, run
-from segxai.runs.worker import CaseWorker
+from segxai.pipelines.runs import parse_config, run
+from segxai.pipelines.runs.worker import CaseWorker
 
 SHAPE = (32, 32)
 N_CASES = 4
@@ -42,7 +42,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def dataset(tmp_path_factory) -> tuple[Path, Path, str]:
     """Four 2D abdomen phantoms (NIfTI images + label maps) and a tiny random U-Net checkpoint; the target is a
     class this network predicts on every case."""
-    from segxai.checkpoint import build_network, network_config, save_checkpoint
+    from segxai.models.checkpoint import save_checkpoint
+    from segxai.models.presets import build_network, network_config
     from segxai.data import abdomen_phantom
     from segxai.io import save_array
     from segxai.preprocess import normalize_intensity
@@ -270,8 +271,8 @@ def test_cli_run_and_bad_config(dataset, tmp_path, capsys):
 
 
 def test_layouts_and_case_folders(tmp_path):
-    from segxai.runs.config import DatasetConfig
-    from segxai.runs.dataset import discover_cases
+    from segxai.pipelines.runs.config import DatasetConfig
+    from segxai.pipelines.runs.dataset import discover_cases
 
     kvasir = tmp_path / "kvasir"
     for folder in ("images", "masks"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segxai.errors import SegxaiError
-from segxai.train import dice_per_class, train_on_phantoms, train_segmenter
+from segxai.models.train import dice_per_class, train_on_phantoms, train_segmenter
 
 
 @pytest.mark.parametrize("kind, steps", [("abdomen", 400), ("brain", 200)])

@@ -162,7 +162,7 @@ def load_backbone(path: str | Path, num_heads: int | None = None) -> VisionTrans
     """Build a ViT from a local checkpoint: DINO (`dino_deitsmall16_pretrain.pth`, or a training checkpoint's
     `teacher`/`student`), timm, or Hugging Face `ViTModel` weights (`pytorch_model.bin`). The architecture is
     read from the tensor shapes; heads default to width / 64 (ViT-S: 6, ViT-B: 12)."""
-    from segxai.checkpoint import read_weights
+    from segxai.models.checkpoint import read_weights
 
     raw = read_weights(path, "a ViT checkpoint")
     state = dino_state_dict(raw)

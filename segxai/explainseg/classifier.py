@@ -183,7 +183,7 @@ def set_trainable(net: ViTClassifier, blocks: int) -> list[nn.Parameter]:
 
 def save_classifier(path: str | Path, net: ViTClassifier) -> Path:
     """Write the classifier (backbone, head, normalisation, size) as a segxai checkpoint."""
-    from segxai.checkpoint import save_checkpoint
+    from segxai.models.checkpoint import save_checkpoint
 
     vit = net.backbone
     config = {
@@ -202,7 +202,7 @@ def save_classifier(path: str | Path, net: ViTClassifier) -> Path:
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> ViTClassifier:
     """Read a classifier written by `save_classifier` (with `weights_only=True`)."""
-    from segxai.checkpoint import FORMAT as CHECKPOINT_FORMAT, read_payload
+    from segxai.models.checkpoint import FORMAT as CHECKPOINT_FORMAT, read_payload
 
     payload = read_payload(path, CHECKPOINT_FORMAT, "an ExplainSeg classifier checkpoint",
                            "train one with `segxai explainseg train`")

@@ -11,7 +11,7 @@ from segxai.errors import SegxaiError
 from segxai.explainseg.classifier import ViTClassifier
 from segxai.explainseg.postprocess import VARIANTS
 from segxai.explainseg.segment import BASELINES, METHODS, segment
-from segxai.metrics.comparison import format_table
+from segxai.io.table import format_table
 from segxai.metrics.overlap import dice, iou
 from segxai.progress import progress_bar
 

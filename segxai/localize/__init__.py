@@ -1,7 +1,7 @@
 """Text-prompted ROI localisation (the vision-language half of XAI-CLIP): "liver" in, region of interest out.
 
 `train_localizer` fits a `Localizer` (frozen text encoder + CoOp context + FiLM-conditioned MONAI U-Net) on label
-maps and organ names; `Localizer.predict(image, prompt)` gives a probability map and `roi_from_text` the ROI.
+maps and organ names; `Localizer.predict(image, prompt)` gives a probability map and `segxai.roi.from_text` the ROI.
 Attributes load lazily, so importing this package does not import MONAI or a text model.
 """
 from __future__ import annotations
@@ -17,8 +17,6 @@ _LAZY_ATTRIBUTES = {
     "train_localizer": "segxai.localize.training",
     "localizer_dice": "segxai.localize.training",
     "default_prompt": "segxai.localize.training",
-    "roi_from_probability": "segxai.localize.postprocess",
-    "roi_from_text": "segxai.localize.postprocess",
     "save_localizer": "segxai.localize.store",
     "load_localizer": "segxai.localize.store",
 }

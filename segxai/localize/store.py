@@ -1,4 +1,4 @@
-"""Localizer checkpoints, following `segxai.checkpoint`: a plain dict read back with `weights_only=True`.
+"""Localizer checkpoints, following `segxai.models.checkpoint`: a plain dict read back with `weights_only=True`.
 
 Only the trained part is stored (context, U-Net, FiLM, head) with the config; the frozen text encoder is rebuilt
 from its spec (the tiny encoder from its seed, a sentence-transformer from its local folder or package), or
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from segxai.checkpoint import read_payload, write_payload
+from segxai.models.checkpoint import read_payload, write_payload
 from segxai.errors import SegxaiError
 from segxai.localize.model import Localizer
 from segxai.localize.text import TextEncoder, build_encoder

@@ -11,13 +11,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from segxai.checkpoint import PRESETS
+from segxai.models.presets import PRESETS
 from segxai.errors import SegxaiError
 from segxai.localize.model import Localizer
 from segxai.localize.text import TextEncoder, check_prompts
 from segxai.preprocess import normalize_intensity
 from segxai.progress import progress_bar
-from segxai.train import one_cycle_schedule
+from segxai.models.train import one_cycle_schedule
 
 
 def default_prompt(name: str) -> str:
@@ -103,8 +103,8 @@ def localizer_dice(
     threshold: float = 0.5,
 ) -> dict[str, float]:
     """Mean Dice over cases of `probability >= threshold` against the label for each `prompt -> label value`
-    (1.0 when both are empty, as in `segxai.train.dice_per_class`)."""
-    from segxai.train import dice_per_class
+    (1.0 when both are empty, as in `segxai.models.train.dice_per_class`)."""
+    from segxai.models.train import dice_per_class
 
     images, labels = _check_data(images, label_maps)
     scores: dict[str, float] = {}

@@ -24,7 +24,7 @@ from torch import nn
 from segxai.errors import SegxaiError
 from segxai.methods.base import as_segmodel, resolve_batch_size
 from segxai.methods.cam import find_layer, record_outputs
-from segxai.metrics.comparison import format_table, write_csv
+from segxai.io.table import format_table, write_csv
 from segxai.model import ArrayLike, SegModel, SegOutput
 from segxai.progress import progress_bar
 from segxai.targets import Target, as_target, evaluate

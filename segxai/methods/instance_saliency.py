@@ -18,11 +18,10 @@ import torch
 
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
-from segxai.instances import label_instances
+from segxai.instances import label_instances, lesion_types
 from segxai.methods.base import Explainer, as_segmodel, resolve_batch_size
 from segxai.methods.perturb.engine import CROP_ALIGNMENT
 from segxai.methods.smoothgrad import noise_sigma
-from segxai.metrics.instance import lesion_types
 from segxai.model import SegModel
 from segxai.progress import progress_bar
 from segxai.roi import CropPlan, crop_plan, receptive_field

@@ -1,10 +1,6 @@
 """Explanation metrics: localisation against a mask, faithfulness curves, and the ROI-guided comparison table."""
-from segxai.metrics.comparison import (
-    compare_roi_guided,
-    format_table,
-    relative_change,
-    write_csv,
-)
+from segxai.io.table import format_table, write_csv
+from segxai.metrics.comparison import compare_roi_guided, relative_change
 from segxai.metrics.faithfulness import Curve, deletion_curve, insertion_curve
 from segxai.metrics.faithfulness import BlockCurve, SignConsistency, block_intervention_curve, sign_consistency
 from segxai.metrics.instance import (

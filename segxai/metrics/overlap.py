@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from segxai.errors import SegxaiError
+from segxai.instances import as_mask
 
 MaskLike = torch.Tensor | np.ndarray
+__all__ = ["MaskLike", "as_mask", "dice", "iou"]
 
 
 def dice(a: MaskLike, b: MaskLike, empty: float = 1.0) -> float:
@@ -25,26 +27,6 @@ def iou(a: MaskLike, b: MaskLike, empty: float = 1.0) -> float:
     a, b = _pair(a, b)
     union = int((a | b).sum())
     return int((a & b).sum()) / union if union else float(empty)
-
-
-def as_mask(value: MaskLike, name: str = "mask") -> torch.Tensor:
-    """A CPU bool tensor from a boolean or 0/1 array or tensor.
-
-    Other values are refused rather than guessed: a label map or a probability map must be binarised first.
-    """
-    if isinstance(value, np.ndarray):
-        if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
-            raise SegxaiError(f"{name} has non-numeric dtype {value.dtype}")
-        tensor = torch.from_numpy(np.ascontiguousarray(value))
-    elif isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu()
-    else:
-        raise SegxaiError(f"{name} must be a torch.Tensor or numpy array, not {type(value).__name__}")
-    if tensor.dtype == torch.bool:
-        return tensor
-    if not bool(((tensor == 0) | (tensor == 1)).all()):
-        raise SegxaiError(f"{name} must be boolean or 0/1; binarise it first (e.g. labels == cls)")
-    return tensor != 0
 
 
 def _pair(a: MaskLike, b: MaskLike) -> tuple[torch.Tensor, torch.Tensor]:

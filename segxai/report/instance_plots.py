@@ -7,35 +7,41 @@ same Agg canvas as the overlays.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from segxai.atomic import write_bytes
 from segxai.errors import SegxaiError
-from segxai.metrics.instance import RadialProfile
 from segxai.report.overlay import new_figure, png_bytes
 
 TYPE_COLOURS = {"TP": "tab:green", "FP": "tab:red", "FN": "tab:blue", "predicted": "tab:grey"}
 
 
-def save_radial_profiles(profiles: Mapping[int, RadialProfile], types: Mapping[int, str], path: str | Path,
-                         *, channel_name: str = "") -> Path:
+class Profile(Protocol):
+    """A radial profile as `segxai.metrics.radial_profile` gives it: bin centres and mean saliency per bin."""
+
+    distance: np.ndarray
+    mean: np.ndarray
+
+
+def save_radial_profiles(profiles: Mapping[int, Profile], types: Mapping[int, str], type_means: Mapping[str, Profile],
+                         path: str | Path, *, channel_name: str = "") -> Path:
     """Mean saliency against signed distance to the lesion border (negative inside), one thin line per lesion
-    coloured by its type and a thick line for each type's mean."""
+    coloured by its type and a thick line for each type's mean profile (`type_means`, computed by
+    `segxai.metrics.mean_profiles`)."""
     if not profiles:
         raise SegxaiError("no radial profile to plot")
     fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot()
-    by_type: dict[str, list[RadialProfile]] = {}
     for lesion, profile in profiles.items():
         kind = types.get(lesion, "predicted")
         ax.plot(profile.distance, _first_channel(profile.mean), color=TYPE_COLOURS.get(kind, "black"), alpha=0.25,
                 linewidth=0.8)
-        by_type.setdefault(kind, []).append(profile)
-    for kind, group in by_type.items():
-        distance, mean = _mean_profile(group)
-        ax.plot(distance, mean, color=TYPE_COLOURS.get(kind, "black"), linewidth=2.2, label=f"{kind} (n={len(group)})")
+    for kind, mean in type_means.items():
+        n = sum(types.get(lesion, "predicted") == kind for lesion in profiles)
+        ax.plot(mean.distance, _first_channel(mean.mean), color=TYPE_COLOURS.get(kind, "black"), linewidth=2.2,
+                label=f"{kind} (n={n})")
     ax.axvline(0, color="black", linewidth=0.8, linestyle="dashed")
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_xlabel("signed distance to the lesion border (voxels; < 0 inside)")
@@ -83,14 +89,3 @@ def save_peak_by_type(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
 
 def _first_channel(mean: np.ndarray) -> np.ndarray:
     return mean if mean.ndim == 1 else mean[0]
-
-
-def _mean_profile(group: Sequence[RadialProfile]) -> tuple[np.ndarray, np.ndarray]:
-    """The voxel-weighted mean profile of several lesions, over the distances any of them has."""
-    distance = np.unique(np.concatenate([p.distance for p in group]))
-    sums, counts = np.zeros(len(distance)), np.zeros(len(distance))
-    for profile in group:
-        index = np.searchsorted(distance, profile.distance)
-        sums[index] += _first_channel(profile.mean) * profile.count
-        counts[index] += profile.count
-    return distance, sums / counts

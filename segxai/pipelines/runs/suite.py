@@ -16,7 +16,7 @@ from segxai.metrics import deletion_curve, energy_inside, explanation_overlap, i
 from segxai.metrics.sanity import cascading_randomization
 from segxai.metrics.similarity import map_similarity
 from segxai.model import SegModel
-from segxai.runs.config import EvaluationConfig
+from segxai.pipelines.runs.config import EvaluationConfig
 from segxai.targets import Target
 
 Explain = Callable[[torch.Tensor], Explanation]

@@ -12,8 +12,8 @@ from typing import Any
 
 from segxai.errors import SegxaiError
 from segxai.progress import progress_bar
-from segxai.runs.config import RunConfig
-from segxai.runs.dataset import Case
+from segxai.pipelines.runs.config import RunConfig
+from segxai.pipelines.runs.dataset import Case
 
 EXECUTORS = ("local", "ray")
 OnRecord = Callable[[dict[str, Any]], None]
@@ -35,7 +35,7 @@ def run_cases(config: RunConfig, out: Path, cases: Sequence[Case], on_record: On
 
 
 def _run_local(config: RunConfig, out: Path, cases: Sequence[Case], on_record: OnRecord, progress: bool) -> None:
-    from segxai.runs.worker import CaseWorker
+    from segxai.pipelines.runs.worker import CaseWorker
 
     worker = CaseWorker(config, out)
     for case in progress_bar(cases, enabled=progress, total=len(cases), desc="cases"):
@@ -52,7 +52,7 @@ def _run_ray(config: RunConfig, out: Path, cases: Sequence[Case], on_record: OnR
     ray = _import_ray()
     from ray.util import ActorPool
 
-    from segxai.runs.worker import CaseWorker
+    from segxai.pipelines.runs.worker import CaseWorker
 
     if not ray.is_initialized():  # a cluster named by RAY_ADDRESS, else a local instance with `workers` CPUs
         local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers, "include_dashboard": False}

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from segxai.errors import SegxaiError
-from segxai.runs.config import RunConfig
-from segxai.runs.dataset import Case
+from segxai.pipelines.runs.config import RunConfig
+from segxai.pipelines.runs.dataset import Case
+from segxai.report.overlay import save_overlay
 
 DONE, FAILED = "done", "failed"
 
@@ -28,7 +29,7 @@ class CaseWorker:
     """Holds the model and the run settings; `process(case)` returns the case's manifest record."""
 
     def __init__(self, config: RunConfig, out: Path, threads: int | None = None) -> None:
-        from segxai.checkpoint import load_checkpoint
+        from segxai.models.checkpoint import load_checkpoint
         from segxai.methods import get_method
 
         if threads is not None:
@@ -56,7 +57,7 @@ class CaseWorker:
 
     def _explain_case(self, case: Case) -> tuple[dict[str, str], list[dict[str, Any]]]:
         from segxai.io import load_image, load_mask, save_array
-        from segxai.pipeline import output_format
+        from segxai.pipelines.explain import output_format
         from segxai.preprocess import normalize_intensity
 
         if case.problem:
@@ -82,8 +83,8 @@ class CaseWorker:
     def _variant(self, case: Case, x: torch.Tensor, spec: str, roi_spec: str, labels: np.ndarray | None,
                  prediction: np.ndarray, like: Any, channels: list[str]) -> tuple[dict[str, Path], list[dict[str, Any]]]:
         """Every method on one target and ROI provider."""
-        from segxai.runs.rois import make_roi
-        from segxai.runs.suite import evaluate_explanation
+        from segxai.pipelines.runs.rois import make_roi
+        from segxai.pipelines.runs.suite import evaluate_explanation
         from segxai.targets import parse_target
 
         target = parse_target(spec)
@@ -100,7 +101,7 @@ class CaseWorker:
             explanation = explain(x)
             names = channels if explanation.attribution.shape[0] == len(channels) else None
             written = explanation.save(self.out / "cases" / case.name / method.name, like=like, name=name,
-                                       channel_names=names)
+                                       channel_names=names, overlay=save_overlay)
             outputs.update({f"{method.name}/{key}": path for key, path in written.items()})
             figures = evaluate_explanation(self.model, x, target, explanation, explain, truth,
                                            self.config.evaluation, seed=self.config.seed)

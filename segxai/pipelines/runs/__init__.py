@@ -23,7 +23,7 @@ A configuration (every key checked; relative paths are read from the file's fold
 Outputs: `out/cases/<case>/<method>/` (maps with the source geometry, overlays, stats JSON), `manifest.jsonl`,
 `rows.csv`, `summary_by_*.csv` (and `.parquet` with pyarrow), `figures/` and `report.html`.
 """
-from segxai.runs.config import RunConfig, load_config, parse_config
-from segxai.runs.runner import RunResult, run
+from segxai.pipelines.runs.config import RunConfig, load_config, parse_config
+from segxai.pipelines.runs.runner import RunResult, run
 
 __all__ = ["RunConfig", "RunResult", "load_config", "parse_config", "run"]

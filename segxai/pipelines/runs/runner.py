@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segxai.runs.config import RunConfig, load_config
-from segxai.runs.dataset import discover_cases
-from segxai.runs.executors import run_cases
-from segxai.runs.manifest import Manifest
+from segxai.pipelines.runs.config import RunConfig, load_config
+from segxai.pipelines.runs.dataset import discover_cases
+from segxai.pipelines.runs.executors import run_cases
+from segxai.pipelines.runs.manifest import Manifest
 
 MANIFEST = "manifest.jsonl"
 
@@ -38,8 +38,8 @@ def run(config: RunConfig | str | Path, *, out: str | Path | None = None, execut
         progress: bool = True, command: str | None = None) -> RunResult:
     """Run (or resume) the configured run; `out` overrides the configuration's output folder."""
     from segxai.io import prepare_output_dir
-    from segxai.runs.report import write_run_report
-    from segxai.runs.summary import summaries, write_summaries
+    from segxai.pipelines.runs.report import write_run_report
+    from segxai.pipelines.runs.summary import summaries, write_summaries
 
     config = config if isinstance(config, RunConfig) else load_config(config)
     cases = discover_cases(config.dataset)

@@ -11,7 +11,8 @@ import torch
 
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
-from segxai.pipeline import load_inputs, model_table, output_format, parse_roi
+from segxai.pipelines.explain import load_inputs, model_table, output_format, parse_roi
+from segxai.report.overlay import save_overlay
 
 POOL_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".npy")
 
@@ -61,7 +62,7 @@ def causal_blocks_files(
     explanation = method.explain(x[0], RegionDice(cls, region=mask), seed=seed, progress=progress)
     explanation.stats.update(checkpoint=str(checkpoint), images=[str(p) for p in images])
     _, like = output_format(image)
-    written = explanation.save(out, like=like, name="ate", channel_names=["all"])
+    written = explanation.save(out, like=like, name="ate", channel_names=["all"], overlay=save_overlay)
     blocks = explanation.stats.get("blocks", [])
     written["blocks_csv"] = write_csv(blocks, out / "blocks.csv")
     figures = save_causal_figures(explanation, out)

@@ -14,6 +14,7 @@ import torch
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
 from segxai.model import SegModel
+from segxai.report.overlay import save_overlay
 
 
 @dataclass
@@ -101,7 +102,7 @@ def explain_files(
     names = list(image.channel_names) if channels == len(image.channel_names) else ["all"] * channels
     share = modality_share(explanation, names) if channels == len(image.channel_names) else {}
     explanation.stats["modality_share"] = share
-    written = explanation.save(out, like=like, channel_names=names)
+    written = explanation.save(out, like=like, channel_names=names, overlay=save_overlay)
     written["prediction"] = save_array(prediction.astype(np.uint8), out / f"prediction{extension}", like=like)
     written["report"] = _write_report(out, explanation, written, config, share, title or f"{method} of {target}", command)
     return FileExplanation(explanation, image, prediction, written, share)
@@ -163,7 +164,7 @@ def explain_instance_files(
     for explanation in explanations:
         index = explanation.stats["instance"]
         labels[explanation.target_mask.numpy()] = index
-        written.update(explanation.save(out / "instances", like=like, name=f"instance{index:03d}", channel_names=names))
+        written.update(explanation.save(out / "instances", like=like, name=f"instance{index:03d}", channel_names=names, overlay=save_overlay))
     written["instances"] = save_array(labels, out / f"instances{extension}", like=like)
     spacing = image.spacing
     rows = instance_rows(explanations, channel_names=names, spacing=spacing)
@@ -179,11 +180,13 @@ def explain_instance_files(
 
 
 def _instance_plots(out: Path, rows: list[dict[str, Any]], profiles: dict, channel_name: str) -> dict[str, Path]:
+    from segxai.metrics.instance import mean_profiles
     from segxai.report.instance_plots import save_modality_shares, save_peak_by_type, save_radial_profiles
 
     types = {row["id"]: row["type"] for row in rows}
     return {
-        "radial_profile_plot": save_radial_profiles(profiles, types, out / "radial_profile.png", channel_name=channel_name),
+        "radial_profile_plot": save_radial_profiles(profiles, types, mean_profiles(profiles, types),
+                                                    out / "radial_profile.png", channel_name=channel_name),
         "modality_share_plot": save_modality_shares(rows, out / "modality_share.png"),
         "peak_by_type_plot": save_peak_by_type(rows, out / "peak_by_type.png"),
     }
@@ -265,7 +268,7 @@ def load_inputs(checkpoint: str | Path, images: Sequence[str | Path], out_dir: s
                 other_inputs: Sequence[str | Path] = ()) -> tuple[Path, SegModel, dict, Any, torch.Tensor]:
     """The output directory (checked never to hold an input), the model and its config, the image, and the
     normalised input batch."""
-    from segxai.checkpoint import load_checkpoint
+    from segxai.models.checkpoint import load_checkpoint
     from segxai.io import load_image, prepare_output_dir
     from segxai.preprocess import normalize_intensity
 

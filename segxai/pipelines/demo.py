@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from segxai.causal_files import causal_blocks_files
-from segxai.evaluate import evaluate_files
-from segxai.pipeline import FileExplanation, InstanceFileExplanation, explain_files, explain_instance_files
+from segxai.pipelines.causal import causal_blocks_files
+from segxai.pipelines.evaluate import evaluate_files
+from segxai.pipelines.explain import FileExplanation, InstanceFileExplanation, explain_files, explain_instance_files
 
 SHAPES = {"abdomen": (64, 64, 32), "brain": (48, 48, 48)}
 TRAIN_STEPS = {"abdomen": 300, "brain": 300}
@@ -40,8 +40,8 @@ CAUSAL_PARAMS = {"block": 8, "screen_draws": 3, "draws": 20}
 
 def cached_model(kind: str, shape: tuple[int, ...], cache_dir: Path, steps: int, progress: bool) -> tuple[Path, dict]:
     """Train a reference model on phantoms once and keep its checkpoint in `cache_dir`."""
-    from segxai.checkpoint import load_checkpoint, save_checkpoint
-    from segxai.train import train_on_phantoms
+    from segxai.models.checkpoint import load_checkpoint, save_checkpoint
+    from segxai.models.train import train_on_phantoms
 
     path = cache_dir / f"{kind}-{'x'.join(map(str, shape))}-{steps}steps-v1.pt"
     if path.is_file():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from segxai.errors import SegxaiError
 from segxai.io.image import file_kind, file_stem
-from segxai.runs.config import CHANNEL_SUFFIX_LAYOUTS, DatasetConfig
+from segxai.pipelines.runs.config import CHANNEL_SUFFIX_LAYOUTS, DatasetConfig
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 

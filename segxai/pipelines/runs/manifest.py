@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from segxai.atomic import write_bytes
-from segxai.runs.worker import DONE
+from segxai.pipelines.runs.worker import DONE
 
 
 class Manifest:

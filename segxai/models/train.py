@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segxai.checkpoint import build_network, network_config, total_stride
+from segxai.models.presets import build_network, network_config, total_stride
 from segxai.errors import SegxaiError
 from segxai.preprocess import normalize_intensity
 from segxai.progress import progress_bar

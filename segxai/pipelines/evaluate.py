@@ -124,7 +124,7 @@ def evaluate_files(
     `margin` voxels, and (XAI-CLIP) vs restricted to the ROI a localizer finds from `text` (`PROMPT@LOCALIZER.pt`),
     grown the same; localisation time is added to the text runs (`roi_seconds`). The default target is the
     organ's mean class probability over its mask."""
-    from segxai.checkpoint import load_checkpoint
+    from segxai.models.checkpoint import load_checkpoint
     from segxai.io import load_image, load_mask, prepare_output_dir
     from segxai.methods import get_method
     from segxai.preprocess import normalize_intensity
@@ -143,7 +143,7 @@ def evaluate_files(
     rois = {"roi": from_mask(organ, margin)}
     localisation = {}
     if text is not None:
-        from segxai.pipeline import text_roi
+        from segxai.pipelines.explain import text_roi
 
         started = time.perf_counter()
         rois["text"] = text_roi(text, image, margin)

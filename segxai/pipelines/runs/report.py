@@ -13,7 +13,7 @@ from typing import Any
 from segxai.atomic import write_bytes
 from segxai.report import Figure, Section, write_report
 from segxai.report.overlay import new_figure, png_bytes
-from segxai.runs.config import RunConfig
+from segxai.pipelines.runs.config import RunConfig
 
 DISTRIBUTIONS = {
     "dice": "Dice of the binarised map vs the reference", "iou": "IoU of the binarised map vs the reference",
