@@ -88,7 +88,7 @@ def evaluate_image(case: cases.Case, index: int, patches: torch.Tensor,
                **{f"drop_k{k}": 100 * float(d) for k, d in zip(KS, curve.drops) if k},
                **{f"se_k{k}": 100 * float(s) for k, s in zip(KS, curve.ses) if k},
                "map_passes": cost["forward_passes"], "map_seconds": cost["seconds"],
-               "curve_passes": curve.forward_passes, "curve_seconds": round(curve.seconds, 3)}
+               "curve_passes": curve.cost.forward_passes, "curve_seconds": round(curve.cost.seconds, 3)}
         if name == "Grad-CAM":
             row["layer"] = explanation.stats.get("layer")
         if name == "CausalBlocks":

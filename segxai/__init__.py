@@ -19,6 +19,7 @@ _LAZY_ATTRIBUTES = {
     "Occlusion": "segxai.methods",
     "RISE": "segxai.methods",
     "LIME": "segxai.methods",
+    "KernelSHAP": "segxai.methods",
     "IntegratedGradients": "segxai.methods",
     "SmoothGrad": "segxai.methods",
     "GradCAM": "segxai.methods",

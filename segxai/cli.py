@@ -1,6 +1,9 @@
-"""The `segxai` command: a thin layer over the Python API (`demo`, `train`, `explain`, `evaluate`, `run`).
+"""The `segxai` command: argument parsing and printing over `segxai.pipelines` (`demo`, `train`, `explain`,
+`evaluate`, `causal`, `run`, `explainseg`, `localize`).
 
-Bad input is reported as one clear line on stderr with exit status 2, never as a traceback.
+ROIs, targets and settings follow the one grammar of `segxai.pipelines.grammar`; method names and help come
+from the registry `segxai.methods.METHODS`. Bad input is reported as one clear line on stderr with exit
+status 2, never as a traceback.
 """
 from __future__ import annotations
 
@@ -9,12 +12,23 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from segxai.errors import SegxaiError
 
+if TYPE_CHECKING:
+    from segxai.pipelines.options import RunOptions
+
+ROI_HELP = ("none | box:START:SIZE | box:CORNER,SIDE | mask:FILE[+M] | reference[:CLS][+M] (the --reference "
+            "file) | prediction[:CLS][+M] | text:PROMPT@LOCALIZER.pt[+M]; CLS defaults to the target's class, +M "
+            "grows by M voxels")
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from segxai.methods import describe_methods
+
+    methods = describe_methods()
+    method_list = "\n".join(f"  {name:22s}{summary}" for name, summary in methods.items())
     parser = argparse.ArgumentParser(prog="segxai", description="Explain medical image segmentation models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -37,41 +51,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
     train.add_argument("--no-progress", action="store_true")
 
-    explain = commands.add_parser("explain", help="explain a checkpoint's prediction on image files")
-    explain.add_argument("--model", required=True, help="checkpoint written by `segxai train`")
-    explain.add_argument("--image", nargs="+", required=True, help="image file(s); several files are modalities")
+    explain = commands.add_parser("explain", help="explain a checkpoint's prediction on image files",
+                                  epilog=f"methods:\n{method_list}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    _case_arguments(explain)
     explain.add_argument("--target", required=True,
                          help="class:CLS | instance:[CLS:]INDEX | voxel:[CLS:]z,y,x | instances:CLS (every "
                               "predicted instance of CLS, one map each)")
-    explain.add_argument("--method", default="saliency",
-                         help="saliency | smoothgrad | integrated_gradients | gradcam | gradcampp | occlusion | rise | lime")
+    explain.add_argument("--method", default="saliency", help=f"one of {', '.join(methods)} (see below)")
     explain.add_argument("--reference", default=None,
-                         help="with --target instances:CLS, a reference mask file: lesions are typed TP/FP and "
-                              "missed ones (FN) explained on their reference voxels")
+                         help="a reference mask file on the image grid: the `reference` ROI; with --target "
+                              "instances:CLS, lesions are typed TP/FP and missed ones (FN) explained")
     explain.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                          help="a method setting, e.g. --param window=8 --param stride=4 (repeatable)")
-    explain.add_argument("--roi", default=None, help="mask:FILE | box:START:SIZE | prediction:CLS[:MARGIN] | text:PROMPT@LOCALIZER.pt")
-    explain.add_argument("--out", required=True, help="output directory")
-    explain.add_argument("--seed", type=int, default=0)
-    explain.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
-    explain.add_argument("--no-progress", action="store_true")
+    explain.add_argument("--roi", default=None, help=ROI_HELP)
+    _run_arguments(explain)
+
     evaluate = commands.add_parser("evaluate", help="compare methods unrestricted vs restricted to an organ ROI")
-    evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--image", nargs="+", required=True)
-    evaluate.add_argument("--mask", required=True, help="label map holding the organ")
+    _case_arguments(evaluate)
+    evaluate.add_argument("--mask", required=True, help="the reference label map holding the organ")
     evaluate.add_argument("--label", type=int, required=True, help="the organ's label in --mask (also its class)")
-    evaluate.add_argument("--methods", default="occlusion,rise,lime", help="comma-separated method names")
+    evaluate.add_argument("--methods", default="occlusion,rise,lime",
+                          help=f"comma-separated method names: {', '.join(methods)}")
     evaluate.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                           help="a method setting, e.g. --param occlusion.window=8")
     evaluate.add_argument("--target", default=None, help="default: the organ's mean probability over its mask")
-    evaluate.add_argument("--margin", type=float, default=4.0, help="ROI = organ grown by this many voxels")
+    evaluate.add_argument("--margin", type=float, default=4.0,
+                          help="ROI = the organ grown by this many voxels (the ROI reference:LABEL+MARGIN)")
     evaluate.add_argument("--text", default=None, metavar="PROMPT@LOCALIZER.pt",
                           help="also restrict to the ROI a localizer finds from a prompt, e.g. 'left kidney@loc.pt'")
     evaluate.add_argument("--threshold", type=float, default=0.5, help="binarise min-max-normalised maps at this")
-    evaluate.add_argument("--out", required=True)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--device", default=None)
-    evaluate.add_argument("--no-progress", action="store_true")
+    _run_arguments(evaluate)
 
     run = commands.add_parser("run", help="explain and evaluate a dataset from a YAML configuration (resumable)")
     run.add_argument("config", help="run configuration (YAML): model, dataset, methods, targets, rois, evaluation")
@@ -86,73 +95,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _case_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint written by `segxai train`")
+    parser.add_argument("--image", nargs="+", required=True, help="image file(s); several files are modalities")
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     command = "segxai " + " ".join(shlex.quote(a) for a in argv)
     try:
-        if args.command == "demo":
-            from segxai.pipelines.demo import run_demo
-
-            report = run_demo(args.out, args.cache, progress=not args.no_progress)
-            print(f"report: {report}")
-        elif args.command == "train":
-            _train(args)
-        elif args.command == "explain" and args.target.startswith("instances:"):
-            _explain_instances(args, command)
-        elif args.command == "explain":
-            from segxai.pipelines.explain import explain_files
-
-            if args.reference:
-                raise SegxaiError("--reference is for --target instances:CLS")
-            result = explain_files(
-                args.model, args.image, args.target, args.out, method=args.method, roi=args.roi, seed=args.seed,
-                device=args.device, progress=not args.no_progress, command=command, params=parse_params(args.param),
-            )
-            stats = result.explanation.stats
-            print(f"{stats['method']}: {stats['forward_passes']} forward / {stats['backward_passes']} backward "
-                  f"passes in {stats['seconds']:.2f} s; report: {result.written['report']}")
-        elif args.command == "evaluate":
-            from segxai.pipelines.evaluate import evaluate_files
-
-            result = evaluate_files(
-                args.model, args.image, args.mask, args.label, args.out, methods=args.methods.split(","),
-                params=_method_params(args.param), target=args.target, margin=args.margin, text=args.text,
-                threshold=args.threshold, seed=args.seed, device=args.device, progress=not args.no_progress,
-            )
-            print(result.text())
-            print(f"tables: {Path(args.out) / 'comparison.csv'}")
-        elif args.command == "causal":
-            _causal(args, command)
-        elif args.command == "run":
-            _run(args, command)
-        elif args.command == "explainseg":
-            _explainseg(args)
-        elif args.command == "localize":
-            _localize(args)
+        COMMANDS[args.command](args, command)
     except SegxaiError as error:
         print(f"segxai: error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
-def _explain_instances(args: argparse.Namespace, command: str) -> None:
-    from segxai.pipelines.explain import explain_instance_files
+def _options(args: argparse.Namespace, command: str | None = None) -> RunOptions:
+    """The shared run options from the flags a command has (seed, device, --no-progress)."""
+    from segxai.pipelines.options import RunOptions
 
-    if args.roi:
+    return RunOptions(seed=getattr(args, "seed", 0), device=getattr(args, "device", None),
+                      progress=not getattr(args, "no_progress", False), command=command)
+
+
+def _json(text: str | None, flag: str) -> Any:
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError as error:
+        example = '{"kind": "window", "low": -200, "high": 700}'
+        raise SegxaiError(f"{flag} takes JSON, e.g. '{example}': {error}") from None
+
+
+def _demo(args: argparse.Namespace, command: str) -> None:
+    from segxai.pipelines.demo import run_demo
+
+    print(f"report: {run_demo(args.out, args.cache, progress=not args.no_progress)}")
+
+
+def _train(args: argparse.Namespace, command: str) -> None:
+    from segxai.pipelines.training import train_checkpoint
+
+    result = train_checkpoint(
+        args.out, phantom=args.phantom, shape=_ints(args.shape, "--shape"), images=args.images, labels=args.labels,
+        names=args.names, intensity=_json(args.intensity, "--intensity"), steps=args.steps, options=_options(args))
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "no validation cases"
+    print(f"checkpoint: {result.path}; validation Dice: {dice}")
+
+
+def _explain(args: argparse.Namespace, command: str) -> None:
+    from segxai.models.case import load_case
+    from segxai.pipelines.grammar import EveryInstance, parse_params, parse_roi, read_target
+
+    target, params, options = read_target(args.target), parse_params(args.param), _options(args, command)
+    if isinstance(target, EveryInstance) and args.roi:
         raise SegxaiError("--roi does not apply to --target instances:CLS (each instance is its own target)")
-    cls = args.target.partition(":")[2]
-    if not cls.isdigit():
-        raise SegxaiError(f"--target instances:CLS needs a class number, got {args.target!r}")
-    result = explain_instance_files(
-        args.model, args.image, int(cls), args.out, method=args.method, reference=args.reference, seed=args.seed,
-        device=args.device, progress=not args.no_progress, command=command, params=parse_params(args.param))
-    counts = {}
-    for row in result.rows:
-        counts[row["type"]] = counts.get(row["type"], 0) + 1
-    stats = result.explanations[0].stats
-    print(f"{args.method}: {len(result.rows)} instance(s) {counts}; {stats['forward_passes']} forward / "
-          f"{stats['backward_passes']} backward passes; report: {result.written['report']}")
+    roi = None if args.roi is None else parse_roi(args.roi)
+    case = load_case(args.image, reference=args.reference, model=args.model, device=args.device)
+    if isinstance(target, EveryInstance):
+        from segxai.pipelines.instances import explain_instances_case
+
+        result = explain_instances_case(case, target.cls, args.out, method=args.method, params=params, options=options)
+        counts: dict[str, int] = {}
+        for row in result.rows:
+            counts[row["type"]] = counts.get(row["type"], 0) + 1
+        cost = result.explanations.cost
+        print(f"{args.method}: {len(result.rows)} instance(s) {counts}; {cost.forward_passes} forward / "
+              f"{cost.backward_passes} backward passes; report: {result.written['report']}")
+        return
+    from segxai.pipelines.explain import explain_case
+
+    result = explain_case(case, args.target, args.out, method=args.method, roi=roi, params=params, options=options)
+    cost = result.explanation.cost
+    print(f"{args.method}: {cost.forward_passes} forward / {cost.backward_passes} backward passes in "
+          f"{cost.seconds:.2f} s; report: {result.written['report']}")
+
+
+def _evaluate(args: argparse.Namespace, command: str) -> None:
+    from segxai.models.case import load_case
+    from segxai.pipelines.evaluate import evaluate_case
+    from segxai.pipelines.grammar import parse_method_params
+
+    case = load_case(args.image, reference=args.mask, model=args.model, device=args.device)
+    result = evaluate_case(
+        case, args.label, args.out, methods=args.methods.split(","), params=parse_method_params(args.param),
+        target=args.target, margin=args.margin, text=args.text, threshold=args.threshold, options=_options(args))
+    print(result.text())
+    print(f"tables: {Path(args.out) / 'comparison.csv'}")
 
 
 def _run(args: argparse.Namespace, command: str) -> None:
@@ -164,64 +201,11 @@ def _run(args: argparse.Namespace, command: str) -> None:
           f"manifest: {result.out / 'manifest.jsonl'}; report: {result.written['report']}")
 
 
-def _train(args: argparse.Namespace) -> None:
-    from segxai.models.checkpoint import save_checkpoint
-    from segxai.models.train import train_on_phantoms, train_segmenter
-
-    progress = not args.no_progress
-    if args.phantom:
-        shape = tuple(int(v) for v in args.shape.split(","))
-        result = train_on_phantoms(args.phantom, shape, steps=args.steps, seed=args.seed, progress=progress)
-    else:
-        from segxai.io import load_image, load_mask
-
-        if not args.labels or len(args.labels) != len(args.images) or not args.names:
-            raise SegxaiError("--images needs --labels (one per image, same order) and --names")
-        images = [load_image(p) for p in args.images]
-        labels = [load_mask(p, like=i) for p, i in zip(args.labels, images)]
-        result = train_segmenter(
-            [i.array for i in images], labels, names=_read_names(args.names),
-            intensity=json.loads(args.intensity) if args.intensity else None,
-            channel_names=images[0].channel_names, steps=args.steps, seed=args.seed, progress=progress,
-        )
-    path = save_checkpoint(args.out, result.net, result.config)
-    dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "no validation cases"
-    print(f"checkpoint: {path}; validation Dice: {dice}")
-
-
-def parse_params(items: Sequence[str]) -> dict[str, object]:
-    """`NAME=VALUE` settings; values are read as Python literals (8, 0.5, (8, 8, 4), 'blur') or kept as text."""
-    import ast
-
-    params: dict[str, object] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.isidentifier():
-            raise SegxaiError(f"--param takes NAME=VALUE, got {item!r}")
-        try:
-            params[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[name] = value
-    return params
-
-
-def _method_params(items: Sequence[str]) -> dict[str, dict[str, object]]:
-    """`METHOD.NAME=VALUE` settings grouped by method."""
-    grouped: dict[str, dict[str, object]] = {}
-    for item in items:
-        method, dot, rest = item.partition(".")
-        if not dot:
-            raise SegxaiError(f"--param takes METHOD.NAME=VALUE for evaluate, got {item!r}")
-        grouped.setdefault(method, {}).update(parse_params([rest]))
-    return grouped
-
-
-def _read_names(path: str) -> dict[int, str]:
+def _ints(text: str, flag: str) -> tuple[int, ...]:
     try:
-        raw = json.loads(Path(path).read_text())
-        return {int(k): str(v) for k, v in raw.items()}
-    except (OSError, ValueError, AttributeError) as error:
-        raise SegxaiError(f"cannot read class names from {path}: {error}") from None
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SegxaiError(f"{flag} takes comma-separated whole numbers, e.g. 64,64,32; got {text!r}") from None
 
 
 def _causal_parser(commands: argparse._SubParsersAction) -> None:
@@ -229,41 +213,40 @@ def _causal_parser(commands: argparse._SubParsersAction) -> None:
     causal = commands.add_parser("causal", help="causal effects (PdCR) of input blocks or network components on a region's Dice")
     causal.add_argument("mode", nargs="?", choices=["blocks", "components"], default="blocks",
                         help="blocks (default): ATE of each input block; components: of layers/channels")
-    causal.add_argument("--model", required=True, help="checkpoint written by `segxai train`")
-    causal.add_argument("--image", nargs="+", required=True, help="image file(s); several files are modalities")
+    _case_arguments(causal)
     causal.add_argument("--region", required=True,
-                        help="the region whose Dice is the outcome: box:CORNER,SIDE (e.g. box:64,80,32) | "
-                             "box:START:SIZE | mask:FILE")
+                        help=f"the region whose Dice is the outcome, an ROI: {ROI_HELP}")
+    causal.add_argument("--reference", default=None, help="a reference mask file (the `reference` region)")
     causal.add_argument("--cls", type=int, default=1, help="the class whose Dice is measured (default 1)")
     causal.add_argument("--pool", default=None, help="blocks: folder of other images to draw treatment patches from")
     causal.add_argument("--donors", default=None, help="components: folder of other images for resample ablation")
     causal.add_argument("--layers", default=None, help="components: comma-separated dotted module names")
     causal.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting, e.g. --param block=8 --param draws=50 (blocks) or --param unit='channel'")
-    causal.add_argument("--out", required=True, help="output directory")
-    causal.add_argument("--seed", type=int, default=0)
-    causal.add_argument("--device", default=None)
-    causal.add_argument("--no-progress", action="store_true")
+    _run_arguments(causal)
 
 
 def _causal(args: argparse.Namespace, command: str) -> None:
-    from segxai.pipelines.causal import causal_blocks_files, component_files
+    from segxai.models.case import load_case
+    from segxai.pipelines.causal import causal_blocks_case, components_case
+    from segxai.pipelines.grammar import parse_params, parse_roi
 
-    options = dict(params=parse_params(args.param), seed=args.seed, device=args.device,
-                   progress=not args.no_progress, command=command)
+    params, options, region = parse_params(args.param), _options(args, command), parse_roi(args.region)
+    if args.mode == "components" and not args.layers:
+        raise SegxaiError("segxai causal components needs --layers NAME[,NAME...]")
+    case = load_case(args.image, reference=args.reference, model=args.model, device=args.device)
     if args.mode == "components":
-        if not args.layers:
-            raise SegxaiError("segxai causal components needs --layers NAME[,NAME...]")
-        result = component_files(args.model, args.image, args.region, args.cls, args.layers.split(","), args.out,
-                                 donors_dir=args.donors, **options)
+        result = components_case(case, region, args.cls, args.layers.split(","), args.out,
+                                 donors_dir=args.donors, params=params, options=options)
         top = result.rows[0] if result.rows else {}
         print(f"{len(result.rows)} component(s); strongest: {top.get('layer')} (effect {top.get('effect')}); "
               f"report: {result.written['report']}")
         return
-    result = causal_blocks_files(args.model, args.image, args.region, args.cls, args.out, pool_dir=args.pool, **options)
-    stats = result.explanation.stats
-    print(f"causal blocks: {stats.get('block_counts')}; {stats['forward_passes']} forward passes in "
-          f"{stats['seconds']:.1f} s; report: {result.written['report']}")
+    result = causal_blocks_case(case, region, args.cls, args.out, pool_dir=args.pool, params=params,
+                                options=options)
+    explanation = result.explanation
+    print(f"causal blocks: {explanation.stats.get('block_counts')}; {explanation.cost.forward_passes} forward passes "
+          f"in {explanation.cost.seconds:.1f} s; report: {result.written['report']}")
 
 
 def _explainseg_parser(commands: argparse._SubParsersAction) -> None:
@@ -305,30 +288,29 @@ def _explainseg_parser(commands: argparse._SubParsersAction) -> None:
             step.add_argument("--tiles", type=int, default=1, help="score tiles, as the classifier was trained")
 
 
-def _explainseg(args: argparse.Namespace) -> None:
+def _explainseg(args: argparse.Namespace, command: str) -> None:
     from segxai.explainseg import files
-    from segxai.explainseg.classifier import TrainConfig, load_classifier
+    from segxai.explainseg.classifier import TrainConfig
     from segxai.explainseg.segment import RelevanceSettings
+    from segxai.pipelines.explainseg import evaluate_files, train_files
 
     progress = not args.no_progress
     if args.step == "train":
-        labels = None if args.labels is None else [int(v) for v in args.labels.split(",")]
-        data = files.read_dataset(args.images, args.masks, labels, args.tiles)
+        labels = None if args.labels is None else list(_ints(args.labels, "--labels"))
         config = TrainConfig(size=args.size, epochs=args.epochs, batch_size=args.batch_size,
                              trainable_blocks=args.trainable_blocks, seed=args.seed)
-        files.train(data, files.backbone_from(args.backbone, args.patch, args.seed), config, args.out, progress)
-        print(f"classifier: {args.out}; {len(data.images)} training images, final loss {config.history[-1]:.4f}")
+        count = train_files(args.images, args.out, config, labels=labels, masks=args.masks, tiles=args.tiles,
+                            backbone=args.backbone, patch=args.patch, progress=progress)
+        print(f"classifier: {args.out}; {count} training images, final loss {config.history[-1]:.4f}")
         return
     options = {"settings": RelevanceSettings(n_steps=args.n_steps), "graph": args.graph, "crf": args.crf,
-               "seed": args.seed}
+               "seed": args.seed, "progress": progress}
     if args.step == "segment":
-        cls, path = files.segment_file(args.model, args.image, args.out, args.method, progress=progress, **options)
+        cls, path = files.segment_file(args.model, args.image, args.out, args.method, **options)
         print(f"class {cls}; mask: {path}")
         return
-    splits = {"train": files.read_dataset(args.images, args.masks, tiles=args.tiles)}
-    if args.val_images:
-        splits["val"] = files.read_dataset(args.val_images, args.val_masks or [], tiles=args.tiles)
-    first, second, _ = files.evaluate_splits(load_classifier(args.model), splits, progress=progress, **options)
+    first, second = evaluate_files(args.model, args.images, args.masks, args.val_images, args.val_masks,
+                                   tiles=args.tiles, **options)
     print(f"Table 1 (mIoU / Dice, %)\n{first}\n\nTable 2 (%)\n{second}")
 
 
@@ -358,30 +340,22 @@ def _localize_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--out", required=True, help="ROI mask to write (.nii.gz, .png or .npy)")
 
 
-def _localize(args: argparse.Namespace) -> None:
-    from segxai.io import load_image, load_mask, save_array
-    from segxai.localize import build_encoder, load_localizer, save_localizer, train_localizer
-    from segxai.roi import from_text
+def _localize(args: argparse.Namespace, command: str) -> None:
+    from segxai.pipelines.training import localize_file, train_localizer_files
 
     if args.localize_step == "predict":
-        image = load_image(args.image)
-        mask = from_text(args.prompt, load_localizer(args.model), image.array, threshold=args.threshold,
-                             margin=args.margin)
-        path = save_array(mask.numpy(), args.out, like=image)
-        print(f"ROI of {args.prompt!r}: {int(mask.sum())} voxels -> {path}")
+        path, voxels = localize_file(args.model, args.image, args.prompt, args.out, threshold=args.threshold,
+                                     margin=args.margin)
+        print(f"ROI of {args.prompt!r}: {voxels} voxels -> {path}")
         return
-    if len(args.labels) != len(args.images):
-        raise SegxaiError("--labels needs one label map per --images file, in the same order")
-    images = [load_image(p) for p in args.images]
-    labels = [load_mask(p, like=i) for p, i in zip(args.labels, images)]
-    localizer = train_localizer(
-        [i.array for i in images], labels, _read_names(args.names), build_encoder(args.encoder),
-        n_context=args.context, intensity=json.loads(args.intensity) if args.intensity else None,
-        steps=args.steps, seed=args.seed, progress=not args.no_progress,
-    )
-    path = save_localizer(args.out, localizer)
-    print(f"localizer: {path}; final training loss {localizer.history[-1]:.3f}")
+    path, loss = train_localizer_files(
+        args.images, args.labels, args.names, args.out, encoder=args.encoder, context=args.context,
+        intensity=_json(args.intensity, "--intensity"), steps=args.steps, options=_options(args))
+    print(f"localizer: {path}; final training loss {loss:.3f}")
 
+
+COMMANDS = {"demo": _demo, "train": _train, "explain": _explain, "evaluate": _evaluate, "causal": _causal,
+            "run": _run, "explainseg": _explainseg, "localize": _localize}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -68,7 +68,7 @@ class Lesion:
 
 @dataclass
 class LesionTypes:
-    """Instances of a prediction typed against a reference (METHODS §0.4, §3.3).
+    """Instances of a prediction typed against a reference (Spagnolo et al., instance-level quantitative saliency).
 
     `predicted` and `reference` are the instance label maps. `lesions` lists the predicted instances (TP or FP)
     with their label as id, then the missed reference instances (FN) numbered on after them; FN lesions are

@@ -57,7 +57,7 @@ def test_explain_an_organ_keeps_the_scan_geometry(workspace, capsys, tmp_path):
 def test_explain_one_lesion_of_a_two_modality_scan_inside_an_roi(workspace, capsys, tmp_path):
     root, _ = workspace
     code, out, err = run(capsys, "explain", "--model", root / "brain.pt", "--image", root / "scans/flair.nii.gz",
-                         root / "scans/t1.nii.gz", "--target", "instance:1:1", "--roi", "prediction:1:6",
+                         root / "scans/t1.nii.gz", "--target", "instance:1:1", "--roi", "prediction:1+6",
                          "--out", tmp_path / "lesion", "--no-progress")
     assert code == 0, err
     flair = np.asarray(nib.load(tmp_path / "lesion/attribution_flair.nii.gz").dataobj)
@@ -166,7 +166,7 @@ def test_explain_with_roi_guided_occlusion_and_method_settings(workspace, capsys
     root, affine = workspace
     code, out, err = run(capsys, "explain", "--model", root / "abdomen.pt", "--image", root / "scans/ct.nii.gz",
                          "--target", "class:1", "--method", "occlusion", "--param", "window=8", "--param", "stride=8",
-                         "--roi", "prediction:1:4", "--out", tmp_path / "occ", "--no-progress")
+                         "--roi", "prediction:1+4", "--out", tmp_path / "occ", "--no-progress")
     assert code == 0, err
     attribution = nib.load(tmp_path / "occ/attribution_ct.nii.gz")  # one channel: all channels perturbed together
     np.testing.assert_allclose(attribution.affine, affine)
@@ -224,6 +224,9 @@ def bad_files(workspace, tmp_path):
         ({"--roi": "mask:small_mask.nii.gz"}, "shape"),
         ({"--roi": "box:0,0:0,4"}, "positive"),
         ({"--roi": "circle:3"}, "unknown ROI"),
+        ({"--roi": "prediction:1:4"}, "margins are written +M, e.g. prediction:1+4"),  # the old CLI form
+        ({"--roi": "reference+2"}, "needs the case's reference mask (--reference"),
+        ({"--target": "instances:1", "--roi": "prediction+2"}, "--roi does not apply to --target instances:CLS"),
         ({"--image": ["scans/ct.nii.gz", "scans/ct.nii.gz"]}, "channel"),
         ({"--out": "scans"}, "contains input"),
     ],
@@ -249,6 +252,29 @@ def test_bad_input_is_one_clear_line(workspace, bad_files, capsys, change, messa
     assert code == 2
     assert err.startswith("segxai: error:") and message in err and "Traceback" not in err
     assert not (root / "scans" / "attribution_stats.json").exists()
+
+
+def test_explain_inside_the_reference_mask_and_a_corner_side_box(workspace, capsys, tmp_path):
+    """`reference[:CLS][+M]` is the --reference file's class CLS (default: the target's) grown, `box:CORNER,SIDE`
+    a square: the occlusion windows perturbed lie within them, so the map is zero elsewhere."""
+    from scipy import ndimage
+
+    from segxai.io import load_mask
+
+    root, _ = workspace
+    box = np.zeros((64, 64), bool)
+    box[8:32, 8:32] = True
+    square = np.ones((3, 3), bool)  # Chebyshev steps: a window touching the ROI reaches 7 voxels beyond it
+    liver = load_mask(root / "scans/labels.nii.gz") == 1
+    for roi, allowed in (("reference+2", ndimage.binary_dilation(liver, square, iterations=2 + 7)),
+                         ("box:8,8,24", ndimage.binary_dilation(box, square, iterations=7))):
+        code, _, err = run(capsys, "explain", "--model", root / "abdomen.pt", "--image", root / "scans/ct.nii.gz",
+                           "--reference", root / "scans/labels.nii.gz", "--target", "class:1", "--method",
+                           "occlusion", "--param", "window=8", "--param", "stride=8", "--roi", roi,
+                           "--out", tmp_path / roi.replace(":", "_"), "--no-progress")
+        assert code == 0, err
+        attribution = np.asarray(nib.load(tmp_path / roi.replace(":", "_") / "attribution_ct.nii.gz").dataobj)
+        assert np.abs(attribution).sum() > 0 and np.abs(attribution[~allowed]).max() == 0
 
 
 def test_train_from_files_needs_labels_and_names(capsys, workspace):

@@ -5,7 +5,6 @@ import csv
 import re
 import subprocess
 import sys
-import time
 
 from segxai.pipelines.demo import run_demo
 
@@ -31,13 +30,14 @@ def test_demo_writes_a_report_with_an_overlay_per_explained_target(tmp_path, mon
     assert baselines["text"] > 0.5 * baselines["roi"]  # the prompt finds the organ the mask ROI holds
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
         "abdomen-32x32x24-150steps-v1.pt", "brain-48x48x24-100steps-v1.pt", "localizer-abdomen-32x32x24-600steps-v1.pt"]
-    started = time.perf_counter()
+    cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
     run_demo(tmp_path / "again", tmp_path / "cache", progress=False, steps={"abdomen": 150, "brain": 100},
              shapes={"abdomen": (32, 32, 24), "brain": (48, 48, 24)})
-    assert time.perf_counter() - started < 60  # cached models are reused, not retrained
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()} == cached  # reused, not retrained
 
 
-def test_import_is_light_and_fast():
-    code = "import sys, time; t = time.perf_counter(); import segxai; print(time.perf_counter() - t, 'torch' in sys.modules)"
-    seconds, torch_loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert float(seconds) < 2.0 and torch_loaded == "False"
+def test_import_is_light():
+    """`import segxai` loads no heavy dependency (attributes load lazily); checked by module, not by the clock."""
+    code = "import sys, segxai; print(sorted(m for m in ('torch', 'scipy', 'matplotlib', 'monai', 'pydantic') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

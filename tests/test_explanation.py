@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
@@ -9,10 +10,17 @@ import pytest
 import torch
 
 from segxai.errors import SegxaiError
-from segxai.explanation import Explanation
+from segxai.explanation import Explanation, Explanations, ItemStats, stats_view
+from segxai.measure import Cost
 from segxai.io import Image, load_image, save_array
 from segxai.report import save_overlay
 from tests.conftest import grid
+
+
+@dataclass(frozen=True)
+class Figures(ItemStats):
+    score: float
+    shape: tuple[int, ...]
 
 
 def make(dims: int, channels: int = 2, seed: int = 0, batched: bool = False) -> Explanation:
@@ -91,10 +99,50 @@ def test_save_2d_writes_exact_values_and_pictures(tmp_path):
 
 def test_save_batched_writes_one_set_per_item(tmp_path):
     e = make(2, batched=True)
-    written = e.save(tmp_path)
+    written = e.save(tmp_path, overlay=save_overlay)
     assert {"attribution_b0_c0", "attribution_b2_c1", "attribution_b1_overlay"} <= set(written)
 
 
 def test_save_checks_channel_names(tmp_path):
     with pytest.raises(SegxaiError, match="channel names"):
         make(2).save(tmp_path, channel_names=["only-one"])
+
+
+def test_stats_view_merges_one_item_and_lists_a_batch():
+    header = {"method": "m", "seed": 3}
+    cost = Cost(forward_passes=4, backward_passes=1, seconds=0.5)
+    first, second = Figures(np.float32(1.5), (2, 3)), Figures(-2.0, (4,))
+    single = stats_view(header, cost, [first], batched=False)
+    assert single == {"method": "m", "seed": 3, **cost.as_dict(), "score": 1.5, "shape": [2, 3]}
+    assert type(single["score"]) is float  # numpy scalars become JSON numbers
+    batch = stats_view(header, cost, [first, None, second], batched=True)
+    assert batch["items"] == [{"score": 1.5, "shape": [2, 3]}, {}, {"score": -2.0, "shape": [4]}]
+    assert "score" not in batch and batch["forward_passes"] == 4
+    json.dumps(batch)
+
+
+def test_explanation_carries_typed_cost_and_items(tmp_path):
+    items = (Figures(1.0, (1,)), Figures(2.0, (2,)))
+    cost = Cost(forward_passes=2)
+    e = Explanation(torch.zeros(2, 1, 4, 4), stats_view({"method": "m"}, cost, items, True), batched=True,
+                    cost=cost, items=items)
+    assert e.item(1).score == 2.0 and e.cost.forward_passes == 2
+    with pytest.raises(SegxaiError, match="item 2"):
+        e.item(2)
+    written = e.save(tmp_path)
+    assert json.loads(written["attribution_stats"].read_text())["items"][1] == {"score": 2.0, "shape": [2]}
+
+
+def test_explanations_sequence_keys_and_cost(tmp_path):
+    members = [Explanation(torch.full((1, 4, 4), float(k)), {"method": "m"}, cost=Cost(forward_passes=k + 1))
+               for k in range(3)]
+    summed = Explanations(members, keys=["a", "b", "c"])
+    assert len(summed) == 3 and summed[1] is members[1] and list(summed) == members
+    assert summed.by_key["c"] is members[2] and summed.keys == ("a", "b", "c")
+    assert summed.cost.forward_passes == 1 + 2 + 3  # separate work adds up
+    shared = Explanations(members, cost=Cost(forward_passes=5))
+    assert shared.cost.forward_passes == 5 and shared.keys == (0, 1, 2)  # shared work is counted once
+    written = summed.save(tmp_path)
+    assert np.load(written["attribution_b_c0"]).max() == 1.0 and "attribution_c_stats" in written
+    with pytest.raises(SegxaiError, match="distinct key"):
+        Explanations(members, keys=["a", "a", "b"])

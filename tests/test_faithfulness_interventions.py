@@ -1,4 +1,4 @@
-"""Faithfulness by block intervention (PdCR's protocol, METHODS.md 4.5): top-k block curves against a random
+"""Faithfulness by block intervention (PdCR's protocol, arXiv 2602.20511): top-k block curves against a random
 control, fills and pools, exclusion of the target region, and the sign-consistency check."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import segxai as sx
 from segxai import metrics as M
 from segxai import targets as T
 from segxai.errors import SegxaiError
-from tests.conftest import cube, grid, threshold_net
+from tests.conftest import conv_stack, cube, grid, threshold_net
 
 
 def known_blocks(dims: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +74,7 @@ def test_pool_patches_are_drawn_per_block_and_averaged_over_draws(dims):
     # the weight-3 block holds one whole patch per draw: score = 3 * i * 4^d + (2 + 1) * 4^d
     mean_index = (curve.scores[1] - 3 * 4**dims) / (3 * 4**dims)
     assert 0 <= mean_index <= 5 and (4 * mean_index) == pytest.approx(round(4 * mean_index), abs=1e-4)
-    assert curve.forward_passes == 1 + 4 * 2
+    assert curve.cost.forward_passes == 1 + 4 * 1 + 1  # clean; k=1 per draw beside the clean input; k=0 is free
 
 
 def test_pool_patches_land_on_their_blocks_unchanged(dims):
@@ -88,7 +88,7 @@ def test_pool_patches_land_on_their_blocks_unchanged(dims):
 
     x = torch.full((1, *grid(dims)), -1.0)
     M.block_intervention_curve(threshold_net(dims), x, record, attribution, block=4, ks=[2], fill="pool", pool=patch)
-    treated = seen[-1][0]
+    treated = seen[-1][-1]  # the last batch: the clean input, then the treated one
     rest = (slice(0, 4),) * (dims - 1)
     assert torch.equal(treated[(slice(0, 4), *rest)], patch[0, 0])
     assert torch.equal(treated[(slice(4, 8), *rest)], patch[0, 0])
@@ -159,3 +159,51 @@ def test_curve_errors(kwargs, message):
 def test_sign_consistency_needs_blocks_beyond_tau():
     with pytest.raises(SegxaiError, match="no candidate block"):
         M.sign_consistency(threshold_net(2), torch.ones(1, 16, 16), T.ClassRegion(1), torch.zeros(16, 16), block=4)
+
+
+class BatchSensitive(torch.nn.Module):
+    """The threshold network with its output scaled by 1 + 1e-6 (batch size - 1), as float kernels chosen by
+    batch size differ: the same input scores differently in batches of different sizes."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        self.net = threshold_net(dims)
+
+    def forward(self, x):
+        return self.net(x) * (1.0 + 1e-6 * (x.shape[0] - 1))
+
+
+def test_a_block_the_target_does_not_read_drops_the_score_by_exactly_zero(dims):
+    weights, _ = known_blocks(dims)
+    attribution = torch.zeros(grid(dims))
+    attribution[(slice(12, 16),) * dims] = 1.0  # ranks an unread block first
+    x = torch.ones(1, *grid(dims))
+    for batch_size in ("auto", 1, 2):
+        curve = M.block_intervention_curve(BatchSensitive(dims), x, weighted_target(weights), attribution, block=4,
+                                           ks=[0, 1, 2], batch_size=batch_size)
+        assert curve.drops[0] == 0.0 and curve.drops[1] == 0.0 and curve.drops[2] > 0
+
+
+def test_block_curves_equal_a_hand_written_reference(dims):
+    net = conv_stack(dims, layers=2)
+    x = torch.randn(1, *grid(dims), generator=torch.Generator().manual_seed(0))
+    attribution = torch.rand(grid(dims), generator=torch.Generator().manual_seed(1))
+    score = lambda image: float(net(image[None])[0, 1].double().sum())
+    blocks = [tuple(slice(4 * i, 4 * i + 4) for i in corner) for corner in np.ndindex(*(4,) * dims)]
+    order = sorted(range(len(blocks)), key=lambda b: -float(attribution[blocks[b]].mean()))
+    ks = [0, 1, 3, 8]
+    for fill in (0.0, 0.5):
+        curve = M.block_intervention_curve(net, x, T.ClassRegion(1), attribution, block=4, ks=ks, fill=fill,
+                                           batch_size=3)
+        with torch.no_grad():
+            base = score(x)
+            expected = []
+            for k in ks:
+                treated = x.clone()
+                for b in order[:k]:
+                    treated[(slice(None), *blocks[b])] = fill
+                expected.append(base - score(treated))
+        assert curve.order[:8].tolist() == order[:8]
+        assert curve.base == pytest.approx(base, rel=1e-5)
+        assert np.allclose(curve.drops, expected, rtol=1e-4, atol=1e-4)
+        assert np.allclose(curve.scores, base - np.array(expected), rtol=1e-4, atol=1e-4)

@@ -53,7 +53,8 @@ def test_ig_on_a_linear_model_is_input_times_weight_and_complete(dims, method):
     explanation = ig.explain(x, T.ClassRegion(2, mask), batch_size=3)
     expected = (x - baseline) * net.weight[2].detach().view(2, *(1,) * dims) * mask
     assert torch.allclose(explanation.attribution, expected, rtol=1e-5, atol=1e-6)
-    assert abs(explanation.stats["convergence_delta"][0]) < 1e-4
+    assert abs(explanation.stats["convergence_delta"]) < 1e-4 and explanation.item().convergence_delta == \
+        explanation.stats["convergence_delta"]
     assert explanation.stats["backward_passes"] == 7 and explanation.stats["forward_passes"] == 9
 
 
@@ -64,7 +65,9 @@ def test_ig_completeness_on_a_nonlinear_net_and_batch_independence(dims):
     ig = sx.IntegratedGradients(sx.SegModel(net), n_steps=32)
     batched = ig.explain(x, target, batch_size=5)
     single = ig.explain(x[1], target, batch_size=64)
-    assert max(abs(d) for d in batched.stats["convergence_delta"]) < 1e-4
+    assert max(abs(item["convergence_delta"]) for item in batched.stats["items"]) < 1e-4
+    deltas = [item["convergence_delta"] for item in batched.stats["items"]]
+    assert [item.convergence_delta for item in batched.items] == deltas
     assert torch.allclose(batched.attribution[1], single.attribution, atol=1e-6)
 
 
@@ -151,7 +154,7 @@ def test_smoothgrad_on_a_linear_model_has_no_variance_and_noise_follows_the_refe
     smooth = sx.SmoothGrad(model, n_samples=4, noise=0.1, reference_channel=1).explain(x, target)
     assert torch.allclose(smooth.attribution, plain, atol=1e-6)
     spread = float(x[1].max() - x[1].min())
-    assert smooth.stats["noise_sigma"] == [[pytest.approx(0.1 * spread)] * 2]
+    assert smooth.stats["noise_sigma"] == [pytest.approx(0.1 * spread)] * 2
     variance = sx.SmoothGrad(model, n_samples=4, noise=0.5, variant="vargrad").explain(x, target).attribution
     assert variance.abs().max() < 1e-10
 

@@ -296,7 +296,12 @@ def test_context_experiment_needs_the_context_three_voxels_out(dims):
     assert [row["detected"] for row in rows] == [False, False, False, True, True]
     expected = [sigmoid(-2.0)] * 3 + [sigmoid(1.0)] * 2
     assert [row["mean_probability"] for row in rows] == pytest.approx(expected, rel=1e-6)
-    assert model.forward_passes == 5
+    assert model.forward_passes == 5 and model.forward_calls == 1  # one batch through the perturbation engine
+    model.reset_counts()
+    pairs = M.context_experiment(model, image, lesion, dilations=(0, 1, 2, 3, 5), batch_size=2)
+    assert [row["detected"] for row in pairs] == [row["detected"] for row in rows]
+    assert [row["mean_probability"] for row in pairs] == pytest.approx(expected, rel=1e-6)
+    assert (model.forward_passes, model.forward_calls) == (5, 3)
 
 
 def test_context_experiment_threshold_fill_and_a_plain_network(dims):
@@ -398,7 +403,7 @@ def test_bad_inputs_raise_segxai_errors(dims):
 
 
 def test_instance_report_compares_peaks_only_with_two_typed_groups():
-    from segxai.pipelines.explain import _peak_comparison
+    from segxai.pipelines.instances import peak_comparison as _peak_comparison
 
     rows = [{"type": "TP", "peak": p} for p in (5.0, 6.0, 7.0, 8.0)] + [{"type": "FP", "peak": p} for p in (1.0, 2.0)]
     (section,) = _peak_comparison(rows)

@@ -1,4 +1,5 @@
-"""explain_instances: shared-forward instance SmoothGrad checked against per-instance computation, 2D and 3D."""
+"""InstanceSaliency (and its one-call form explain_instances): shared-forward instance SmoothGrad checked against
+per-instance computation, 2D and 3D."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,6 +48,8 @@ def test_shared_smoothgrad_equals_a_per_instance_loop(dims):
     stats = explanations[0].stats
     assert stats["forward_passes"] == 5  # shared by both instances
     assert stats["backward_calls"] == 3 * 2  # one per batch of draws per instance
+    assert explanations.cost == explanations[0].cost  # counted once for the call, not once per instance
+    assert explanations.keys == (1, 2) and explanations.by_key[2] is explanations[1]
 
 
 def test_zero_noise_equals_saliency_and_seeds_repeat(dims):
@@ -131,6 +134,9 @@ def test_other_methods_run_once_per_instance(dims):
                                      progress=False)
     assert [e.stats["method"] for e in explanations] == ["occlusion", "occlusion"]
     assert [e.stats["instance"] for e in explanations] == [1, 2]
+    for explanation in explanations:  # the instance's figures, with the method's own (regions) kept
+        assert explanation.item().base.regions == explanation.stats["regions"] > 0
+    assert explanations.cost.forward_passes == sum(e.cost.forward_passes for e in explanations)
 
 
 def test_bad_calls_raise_clear_errors(dims):

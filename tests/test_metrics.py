@@ -14,6 +14,7 @@ from segxai import metrics as M
 from segxai import targets as T
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
+from segxai.metrics.similarity import map_similarity
 from tests.conftest import grid, pointwise_net
 
 
@@ -262,9 +263,9 @@ def test_passes_are_counted_and_batched(dims, batch_size, calls):
     net, x, _, _ = linear_setup(dims)
     model = sx.SegModel(net)
     curve = M.deletion_curve(model, x, T.ClassRegion(1), torch.rand(grid(dims, 4)), steps=4, batch_size=batch_size)
-    assert curve.forward_passes == 4 + 1 + 1
+    assert curve.cost.forward_passes == 4 + 1 + 1
     assert model.forward_calls == calls
-    assert curve.seconds > 0
+    assert curve.cost.seconds > 0
 
 
 @pytest.mark.parametrize(
@@ -282,6 +283,41 @@ def test_curve_errors(kwargs, message):
     args = {"inputs": torch.randn(2, 4, 4), "attribution": torch.rand(4, 4), **kwargs}
     with pytest.raises(SegxaiError, match=message):
         M.deletion_curve(net, args.pop("inputs"), T.ClassRegion(1), args.pop("attribution"), **args)
+
+
+def test_curves_through_the_engine_equal_one_pass_per_step(dims):
+    """The batched curve against a plain loop that runs each step's input alone."""
+    net, x, _, _ = linear_setup(dims)
+    ranking = torch.rand(grid(dims, 4), generator=torch.Generator().manual_seed(5))
+    order = torch.argsort(ranking.flatten(), descending=True, stable=True)
+    curve = M.insertion_curve(net, x, T.ClassRegion(1), ranking, steps=5, fill=0.25, batch_size=4)
+    expected = []
+    with torch.no_grad():
+        for k in range(6):
+            kept = torch.zeros(ranking.numel(), dtype=torch.bool)
+            kept[order[: k * ranking.numel() // 5]] = True
+            step = torch.where(kept.view(ranking.shape), x, torch.full_like(x, 0.25))
+            expected.append(float(net(step[None])[0, 1].double().sum()))
+    assert np.allclose(curve.scores, expected, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- stability
+def test_map_stability_matches_its_definition_and_repeats_with_its_seed(dims):
+    x = torch.rand(1, *grid(dims), generator=torch.Generator().manual_seed(0))
+    explain = lambda inputs: Explanation(inputs.clone())  # the map is the input itself
+    original = explain(x)
+    assert M.map_stability(explain, x, original, noise=0.0, samples=2) == pytest.approx({"spearman": 1.0, "ssim": 1.0})
+    found = M.map_stability(explain, x, original, noise=0.5, samples=1, seed=3)
+    noisy = x + 0.5 * float(x.std()) * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    assert found == pytest.approx(map_similarity(original, explain(noisy)))
+    assert found["spearman"] < 1.0
+    assert M.map_stability(explain, x, original, noise=0.5, samples=2, seed=3) == \
+        M.map_stability(explain, x, original, noise=0.5, samples=2, seed=3)
+    assert M.map_stability(explain, x, original, noise=0.5, seed=4) != found
+    with pytest.raises(SegxaiError, match="samples must be a positive int"):
+        M.map_stability(explain, x, original, samples=0)
+    with pytest.raises(SegxaiError, match="noise must be a non-negative"):
+        M.map_stability(explain, x, original, noise=-1.0)
 
 
 # ------------------------------------------------------------------------------------------ comparison

@@ -37,7 +37,8 @@ def test_occlusion_of_a_region_mean_model_recovers_the_region(dims):
     attribution = explanation.attribution[0]
     assert torch.equal(attribution != 0, region)
     assert torch.allclose(attribution[region], torch.full((int(region.sum()),), 4.0**dims / region.sum()))
-    assert explanation.stats["regions"] == 4**dims and explanation.stats["forward_passes"] == 1 + 4**dims
+    # the reference pass, every window, and the clean input riding in the one batch (effects within a batch)
+    assert explanation.stats["regions"] == 4**dims and explanation.stats["forward_passes"] == 1 + 4**dims + 1
 
 
 def test_rise_of_a_region_mean_model_ranks_the_region_first(dims):
@@ -175,3 +176,42 @@ def test_fill_and_region_errors():
         SlidingWindows((8, 8), (2, 2, 2), 1)
     with pytest.raises(SegxaiError, match="RISE"):
         RiseMasks((8, 8), 0, generator=torch.Generator())
+
+
+def local_mean_net(dims: int) -> nn.Module:
+    """Class-1 logit = the 3-wide local mean of the input, class 0 = 0: predicts class 1 around bright cubes."""
+    net = (nn.Conv2d if dims == 2 else nn.Conv3d)(1, 2, 3, padding=1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.zero_()
+        net.weight[1] = 1.0 / 3**dims
+    return net
+
+
+@pytest.mark.parametrize("method", ["occlusion", "lime"])
+def test_batch_figures_are_per_item_and_match_each_image_alone(dims, method):
+    """Two images with lesions of different size and place: each batch item's figures are its own."""
+    images = -torch.ones(2, 1, *grid(dims, 16))
+    images[0][(0, *cube(dims, 1, 4, 16).nonzero(as_tuple=True))] = 2.0
+    images[1][(0, *cube(dims, 7, 14, 16).nonzero(as_tuple=True))] = 3.0
+    model = sx.SegModel(local_mean_net(dims))
+    explainer = sx.Occlusion(model, window=2, stride=2) if method == "occlusion" else \
+        sx.LIME(model, n_samples=12, n_segments=6, fill=-1.0)
+    roi = torch.ones(grid(dims, 16), dtype=torch.bool)
+    explain = lambda x: explainer.explain(x, T.ClassRegion(1, "prediction"), roi=roi, seed=2, progress=False)
+    batch = explain(images)
+    alone = [explain(image) for image in images]
+    assert len(batch.items) == len(batch.stats["items"]) == 2
+    for item, single, figures in zip(batch.items, alone, batch.stats["items"]):
+        assert figures == item.as_dict()
+        assert item.score == pytest.approx(single.stats["score"], rel=1e-6)
+        assert item.regions == single.stats["regions"]
+    first, second = batch.items
+    assert first.score != pytest.approx(second.score)
+    if method == "occlusion":  # windows within the receptive field of each image's own predicted lesion
+        assert first.regions < second.regions
+    else:
+        assert (first.superpixels, first.features) == (alone[0].stats["superpixels"], alone[0].stats["features"])
+        assert (second.superpixels, second.features) == (alone[1].stats["superpixels"], alone[1].stats["features"])
+        assert first.r2 == pytest.approx(alone[0].stats["r2"], rel=1e-9)  # the same draws: it is the first item
+        assert first.r2 != second.r2

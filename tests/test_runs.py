@@ -73,7 +73,7 @@ def write_config(dataset, out: Path, **changes) -> Path:
         "dataset": {"root": str(root), "masks": "labels/{case}.nii.gz"},
         "methods": ["saliency"],
         "targets": [target],
-        "rois": ["none", "mask:2"],
+        "rois": ["none", "reference+2"],
         "evaluation": {"faithfulness": {"steps": 4}, "sanity": {"steps": 2}, "stability": {"noise": 0.02}},
         "out": str(out),
         **changes,
@@ -101,31 +101,59 @@ GOOD = {"model": "m.pt", "dataset": {"root": "data"}, "methods": ["saliency"], "
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"extra": 1}, "config.extra: unknown key"),
-    ({"methods": ["nosuch"]}, "methods[0].name: unknown method 'nosuch'"),
-    ({"methods": [{"name": "rise", "parmas": {}}]}, "methods[0].parmas: unknown key"),
+    ({"extra": 1}, "extra: unknown key; known keys: model, dataset, methods, targets, rois, evaluation, out, seed, report"),
+    ({"methods": ["nosuch"]}, "methods[0].name: unknown method 'nosuch'; choose one of "),
+    ({"methods": [{"name": "rise", "parmas": {}}]}, "methods[0].parmas: unknown key; known keys: name, params"),
+    ({"methods": ["rise", "rise"]}, "methods: each entry may appear once"),
+    ({"methods": []}, "methods: expected a non-empty list"),
     ({"targets": ["organ:1"]}, "targets[0]: unknown target"),
-    ({"rois": ["box:3"]}, "rois[0]: unknown ROI provider"),
-    ({"rois": ["mask:-1"]}, "rois[0]: the margin"),
-    ({"dataset": {"root": "data", "layout": "nope"}}, "dataset.layout: unknown layout"),
+    ({"targets": ["instances:1"]}, "targets[0]: 'instances:1' is for `segxai explain`"),
+    ({"rois": ["box:3"]}, "rois[0]: ROI 'box:3': give box:START:SIZE"),
+    ({"rois": ["nowhere"]}, "rois[0]: unknown ROI 'nowhere'"),
+    ({"rois": ["reference+-1"]}, "rois[0]: ROI 'reference+-1': the margin"),
+    ({"rois": ["mask:4"]}, "rois[0]: ROI 'mask:4': the file data/4 does not exist; the case's own mask is the ROI reference"),
+    ({"rois": "none"}, "rois: input should be a list, not 'none'"),
+    ({"dataset": {"root": "data", "layout": "nope"}},
+     "dataset.layout: input should be 'folder', 'kvasir-seg', 'msd', 'nnunet' or 'flare22', not 'nope'"),
     ({"dataset": {"root": "data", "masks": "labels/x.png"}}, "dataset.masks: the pattern"),
     ({"dataset": {"root": "data", "masks": "{case}/{id}.png"}}, "dataset.masks: bad pattern"),
-    ({"evaluation": {"sanity": {"steps": 0}}}, "evaluation.sanity.steps: expected an integer >= 1"),
-    ({"evaluation": {"threshold": 2}}, "evaluation.threshold"),
-    ({"evaluation": {"stability": {"sigma": 1}}}, "evaluation.stability.sigma: unknown key"),
-    ({"seed": "zero"}, "seed: expected an integer"),
+    ({"evaluation": {"sanity": {"steps": 0}}}, "evaluation.sanity.steps: input should be greater than or equal to 1, not 0"),
+    ({"evaluation": {"threshold": 2}}, "evaluation.threshold: input should be less than or equal to 1"),
+    ({"evaluation": {"stability": {"sigma": 1}}}, "evaluation.stability.sigma: unknown key; known keys: noise, samples"),
+    ({"seed": "zero"}, "seed: input should be a valid integer, not 'zero'"),
+    ({"seed": "3"}, "seed: input should be a valid integer"),  # values are not coerced
     ({"model": {}}, "model.checkpoint: required key is missing"),
+    ({"model": {"checkpoint": ""}}, "model.checkpoint: expected a non-empty string"),
+    ({"rois": ["reference+2"]}, "config: the reference ROIs need the cases' masks: set dataset.masks"),
 ])
 def test_config_errors_name_the_key(change, message):
-    with pytest.raises(SegxaiError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
-        parse_config({**GOOD, **change})
+    with pytest.raises(SegxaiError, match=re.escape(message)):
+        parse_config({**GOOD, **change}, base="data")
+
+
+def test_config_reports_every_bad_key_at_once():
+    with pytest.raises(SegxaiError) as error:
+        parse_config({**GOOD, "seed": -1, "evaluation": {"sanity": {"max_correlation": 2}}})
+    assert str(error.value) == ("evaluation.sanity.max_correlation: input should be less than or equal to 1, not 2; "
+                                "seed: input should be greater than or equal to 0, not -1")
 
 
 def test_config_defaults_and_paths(tmp_path):
     config = parse_config({**GOOD, "methods": ["saliency", {"name": "rise", "params": {"n_masks": 8}}]}, base=tmp_path)
-    assert config.model.checkpoint == tmp_path / "m.pt"
+    assert config.model.checkpoint == tmp_path / "m.pt" and config.out == tmp_path / "run_out"
     assert [m.name for m in config.methods] == ["saliency", "rise"] and config.methods[1].params == {"n_masks": 8}
-    assert config.rois == ("none",) and config.evaluation.sanity_steps == 3
+    assert [str(r) for r in config.rois] == ["none"] and config.evaluation.sanity.steps == 3
+    kvasir = parse_config({**GOOD, "dataset": {"root": "d", "layout": "kvasir-seg"}}).dataset
+    assert (kvasir.images, kvasir.masks) == ("images", "masks/{name}")  # the layout's defaults
+    off = parse_config({**GOOD, "evaluation": {"sanity": False, "stability": True}}).evaluation
+    assert off.sanity is None and off.stability.noise == 0.05 and off.faithfulness.steps == 10
+
+
+def test_config_fingerprint_follows_the_settings_not_the_output_folder():
+    first = parse_config({**GOOD, "out": "a"})
+    assert first.fingerprint == parse_config({**GOOD, "out": "b", "report": {"cases": 2}}).fingerprint
+    assert first.fingerprint != parse_config({**GOOD, "rois": ["none", "prediction+2"]}).fingerprint
+    assert first.fingerprint != parse_config({**GOOD, "seed": 1}).fingerprint
 
 
 def test_run_writes_outputs_manifest_summaries_and_report(dataset, tmp_path, monkeypatch):
@@ -139,7 +167,7 @@ def test_run_writes_outputs_manifest_summaries_and_report(dataset, tmp_path, mon
     assert len(first["rows"]) == 4  # 2 methods x 1 target x 2 ROIs
     for path in first["outputs"].values():
         assert (out / path).is_file()
-    name = f"{dataset[2].replace(':', '-')}__mask-2"
+    name = f"{dataset[2].replace(':', '-')}__reference-2"
     assert (out / "cases" / "case0" / "saliency" / f"{name}_case0.nii.gz").is_file()
     assert (out / "cases" / "case0" / "prediction.nii.gz").is_file()
     row = next(r for r in first["rows"] if r["method"] == "saliency" and r["roi"] == "none")
@@ -245,11 +273,11 @@ def test_prediction_roi_restricts_maps_and_bad_method_settings_stop_before_any_c
 
     cls = int(dataset[2].split(":")[1])
     off = {"faithfulness": False, "sanity": False, "stability": False}
-    result = run(write_config(dataset, tmp_path / "out", rois=["prediction:1"], evaluation=off), progress=False)
+    result = run(write_config(dataset, tmp_path / "out", rois=["prediction+1"], evaluation=off), progress=False)
     assert not result.failed
     folder = tmp_path / "out" / "cases" / "case0"
     predicted = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj) == cls
-    attribution = np.asarray(nib.load(next((folder / "saliency").glob("*prediction-1*.nii.gz"))).dataobj)
+    attribution = np.asarray(nib.load(next((folder / "saliency").glob("*__prediction-1_*.nii.gz"))).dataobj)
     grown = ndimage.binary_dilation(predicted, np.ones((3, 3), bool))
     assert np.abs(attribution[~grown]).max() == 0 and np.abs(attribution[grown]).max() > 0
     with pytest.raises(SegxaiError, match="bad setting for rise"):
@@ -267,7 +295,7 @@ def test_cli_run_and_bad_config(dataset, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**GOOD, "methods": ["saliency"], "rois": ["nowhere"]}))
     assert main(["run", str(bad)]) == 2
-    assert "rois[0]: unknown ROI provider" in capsys.readouterr().err
+    assert "rois[0]: unknown ROI 'nowhere'" in capsys.readouterr().err
 
 
 def test_layouts_and_case_folders(tmp_path):
@@ -304,12 +332,12 @@ def test_layouts_and_case_folders(tmp_path):
         for name in ("t1.nii.gz", "flair.nii.gz", "seg.nii.gz"):
             (brain / case / name).write_bytes(b"")
     (brain / "p2" / "flair2.nii.gz").write_bytes(b"")
-    config = DatasetConfig(brain, masks="{case}/seg.nii.gz", modalities=("flair*", "t1*"))
+    config = DatasetConfig(root=brain, masks="{case}/seg.nii.gz", modalities=("flair*", "t1*"))
     first, second = discover_cases(config)
     assert [p.name for p in first.images] == ["flair.nii.gz", "t1.nii.gz"] and first.mask == brain / "p1" / "seg.nii.gz"
     assert "'flair*' matches 2 files" in second.problem
     with pytest.raises(SegxaiError, match="no cases"):
-        discover_cases(DatasetConfig(kvasir / "masks", include="*.png"))
+        discover_cases(DatasetConfig(root=kvasir / "masks", include="*.png"))
 
 
 def test_ray_executor_needs_ray(dataset, tmp_path, monkeypatch):

@@ -9,7 +9,13 @@ from segxai.errors import SegxaiError
 from segxai.models.train import dice_per_class, train_on_phantoms, train_segmenter
 
 
-@pytest.mark.parametrize("kind, steps", [("abdomen", 400), ("brain", 200)])
+# Training is many small convolutions: one thread per xdist worker avoids oversubscribing shared cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# Steps with margin: the abdomen's thinnest organ (spleen) is at 0.92 after 400 steps but only 0.91 after 300;
+# the brain lesions are at 0.99 after 150 steps (0.98 after 120).
+@pytest.mark.parametrize("kind, steps", [("abdomen", 400), ("brain", 150)])
 def test_reaches_dice_0_9_for_every_structure_on_2d_phantoms(kind, steps):
     result = train_on_phantoms(kind, (64, 64), steps=steps, progress=False)
     assert set(result.dice) == set(result.config["names"].values())

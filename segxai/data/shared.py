@@ -2,7 +2,7 @@
 
 They give tests and demos real anatomy (CT, MR, endoscopy, histology) through the same `load_image` /
 `load_mask` path users take. Several label maps are model outputs, not ground truth (see each
-folder's SOURCE.md): fine for exercising explanations, not for measuring accuracy.
+folder's provenance notes in ../shared/data): fine for exercising explanations, not for measuring accuracy.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from segxai.io import Image, load_image, load_mask
 
 ENV_VARIABLE = "SEGXAI_SHARED_DATA"
 
-# TotalSegmentator task "total": the labels present in example_seg.nii.gz (SOURCE.md).
+# TotalSegmentator task "total": the labels present in example_seg.nii.gz (the sample's provenance notes).
 TOTALSEGMENTATOR_CT_LABELS: dict[int, str] = {
     1: "spleen",
     2: "kidney_right",
@@ -54,7 +54,7 @@ TOTALSEGMENTATOR_CT_LABELS: dict[int, str] = {
     117: "costal_cartilages",
 }
 
-# TotalSegmentator task "total_mr": the labels present in example_seg_mr.nii.gz (SOURCE.md).
+# TotalSegmentator task "total_mr": the labels present in example_seg_mr.nii.gz (the sample's provenance notes).
 TOTALSEGMENTATOR_MR_LABELS: dict[int, str] = {
     1: "spleen",
     2: "kidney_right",

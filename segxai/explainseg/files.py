@@ -46,16 +46,16 @@ def tiled(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], tiles: int)
 def read_dataset(images: Sequence[str | Path], masks: Sequence[str | Path] | None = None,
                  labels: Sequence[int] | None = None, tiles: int = 1) -> Dataset:
     """Read image files with masks (tiled and labelled by them) or with one label per image."""
-    from segxai.io import load_image, load_mask
+    from segxai.models.case import load_case
 
-    loaded = [load_image(p) for p in images]
     if masks is not None:
         if len(masks) != len(images):
             raise SegxaiError(f"got {len(images)} images and {len(masks)} masks")
-        return tiled([i.array for i in loaded], [load_mask(m, like=i) > 0 for m, i in zip(masks, loaded)], tiles)
+        cases = [load_case(p, reference=m) for p, m in zip(images, masks)]
+        return tiled([c.image.array for c in cases], [c.reference > 0 for c in cases], tiles)
     if labels is None or len(labels) != len(images):
         raise SegxaiError("give one label per image, or masks to label tiles by")
-    return Dataset([i.array for i in loaded], [int(v) for v in labels], None)
+    return Dataset([load_case(p).image.array for p in images], [int(v) for v in labels], None)
 
 
 def backbone_from(path: str | Path | None, patch_size: int = 16, seed: int = 0) -> VisionTransformer:
@@ -79,9 +79,10 @@ def segment_file(model: str | Path, image: str | Path, out: str | Path, method: 
                  **options) -> tuple[int, Path]:
     """Segment one image file with a saved classifier and write the mask (PNG, NumPy or NIfTI by extension);
     returns the predicted class and the path."""
-    from segxai.io import load_image, save_array
+    from segxai.io import save_array
+    from segxai.models.case import load_case
 
-    source = load_image(image)
+    source = load_case(image).image
     result = segment(load_classifier(model), source.array, [method], **options)
     return result.cls, save_array(result.masks[method], out, like=source)
 

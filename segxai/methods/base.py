@@ -1,11 +1,12 @@
-"""The one-verb contract every method shares: `explain(inputs, target, roi=None, seed=..., batch_size=..., progress=...)`.
+"""The one-verb contract every method shares: `explain(inputs, target, roi=None, *, seed=0, batch_size=..., progress=...)`.
 
 `Explainer.explain` validates inputs, target and ROI, seeds a private generator, measures cost, and wraps the
-result in an `Explanation`; a method only implements `_attribute` on a validated `(B, C, *spatial)` batch.
+result in an `Explanation`; a method only implements `_attribute` on a validated `(B, C, *spatial)` batch and
+records each item's typed figures in the `Context` it is handed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from segxai.errors import SegxaiError
-from segxai.explanation import Explanation
+from segxai.explanation import Explanation, ItemStats, stats_view
 from segxai.model import SegModel, SegOutput
 from segxai.roi import as_roi
 from segxai.targets import Target, as_target
@@ -25,21 +26,56 @@ ACTIVATION_FACTOR = 64
 
 @dataclass
 class Context:
-    """What `explain` hands a method besides the inputs: a seeded generator, batching and progress."""
+    """What `explain` hands a method besides the inputs: a seeded generator, batching and progress, and where
+    the method records its figures (so a method keeps no per-call state on itself).
+
+    `record(item, stats)` stores the typed figures of one batch item; `note(**figures)` stores call-level ones.
+    """
 
     generator: torch.Generator
     batch_size: int
     progress: bool
+    records: dict[int, ItemStats] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, item: int, stats: ItemStats) -> None:
+        """Keep `stats` as the figures of batch item `item` (replacing an earlier record of it).
+
+        Args:
+            item: the index of the item in the `(B, C, *spatial)` batch `_attribute` received.
+            stats: a frozen `ItemStats` dataclass of the method's family.
+        """
+        if not isinstance(stats, ItemStats):
+            raise TypeError(f"per-item stats must be an ItemStats dataclass, not {type(stats).__name__}")
+        self.records[int(item)] = stats
+
+    def note(self, **figures: Any) -> None:
+        """Keep call-level, JSON-able figures that belong to no single item."""
+        self.notes.update(figures)
+
+    def scratch(self) -> "Context":
+        """A context sharing the generator, batch size and progress, whose records are its own: for running
+        another method's `_attribute` on a stacked batch without its records landing on this call's items."""
+        return Context(self.generator, self.batch_size, self.progress)
+
+    def items(self, count: int) -> tuple[ItemStats | None, ...]:
+        """The recorded figures of items 0..count-1 (None where nothing was recorded)."""
+        return tuple(self.records.get(index) for index in range(count))
 
 
 class Explainer:
-    """Base class for explanation methods. Subclasses set `name` and implement `_attribute`."""
+    """Base class for explanation methods. Subclasses set `name` and `summary` (a one-line description for the
+    registry) and implement `_attribute`; they keep no per-call state (figures go to the `Context`)."""
 
     name = "explainer"
+    summary = ""
 
     def __init__(self, model: SegModel | nn.Module) -> None:
+        """
+        Args:
+            model: a `SegModel`, or a bare network (wrapped with the default softmax activation).
+        """
         self.model = as_segmodel(model)
-        self.run_stats: dict[str, Any] = {}
 
     def params(self) -> dict[str, Any]:
         """The method's settings, recorded in `Explanation.stats`."""
@@ -51,13 +87,24 @@ class Explainer:
         target: Target | Callable[[SegOutput], torch.Tensor],
         roi: torch.Tensor | np.ndarray | None = None,
         *,
-        seed: int | None = None,
+        seed: int | None = 0,
         batch_size: int | str = "auto",
         progress: bool = True,
     ) -> Explanation:
-        """Explain `target` on `inputs` (`(C, *spatial)` or `(B, C, *spatial)`), optionally only inside `roi`.
+        """Explain `target` on `inputs`, optionally only inside `roi`.
 
-        Every random draw comes from `seed` (None means 0), so the same call gives the same map.
+        Every random draw comes from `seed`, so the same call gives the same map.
+
+        Args:
+            inputs: `(C, *spatial)` or `(B, C, *spatial)` tensor or array, 2D or 3D.
+            target: a `segxai.targets` target, or a callable from the model's output to one score per item.
+            roi: a boolean spatial mask (or anything `segxai.roi.as_roi` accepts); None explains everywhere.
+            seed: seed of every random draw (None means 0).
+            batch_size: inputs per forward pass, or "auto" to fit a memory budget.
+            progress: show a progress bar for long runs.
+
+        Returns:
+            An `Explanation` with the map, its typed `cost`, one `items` entry per batch item and the `stats` view.
         """
         seed = 0 if seed is None else int(seed)
         x, batched = self.model.prepare(inputs)
@@ -68,32 +115,32 @@ class Explainer:
             batch_size=resolve_batch_size(batch_size, x, self.model.device),
             progress=progress,
         )
-        self.run_stats = {}
-        with self.model.measure() as cost:
+        with self.model.measure() as measure:
             attribution, footprint = self._attribute(x, target, roi_mask, context)
-        stats = {
+        cost, items = measure.cost, context.items(x.shape[0])
+        header = {
             "method": self.name,
             "params": self.params(),
             "seed": seed,
             "target": target.describe(),
-            **cost.as_stats(),
             "batch_size": context.batch_size,
             "device": str(self.model.device),
             "roi_voxels": None if roi_mask is None else int(roi_mask.sum()),
-            **self.run_stats,
+            **context.notes,
         }
         attribution = attribution.detach().float().cpu()
         inputs_cpu = x.detach().cpu()
         if not batched:
             attribution, inputs_cpu = attribution[0], inputs_cpu[0]
             footprint = None if footprint is None else footprint[0]
-        return Explanation(attribution, stats, inputs_cpu, roi_mask, footprint, batched)
+        return Explanation(attribution, stats_view(header, cost, items, batched), inputs_cpu, roi_mask, footprint,
+                           batched, cost, items)
 
     def _attribute(
         self, x: torch.Tensor, target: Target, roi: torch.Tensor | None, context: Context
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the `(B, C, *spatial)` attribution and the target's footprint `(B, *spatial)` if it has one;
-        method-specific figures for the stats go in `self.run_stats`."""
+        record each item's figures with `context.record(item, stats)`."""
         raise NotImplementedError
 
 
@@ -108,7 +155,17 @@ def as_segmodel(model: SegModel | nn.Module) -> SegModel:
 
 def resolve_batch_size(batch_size: int | str, x: torch.Tensor, device: torch.device, budget: int | None = None) -> int:
     """An explicit positive int, or "auto": as many inputs as fit a memory budget (half the free GPU memory,
-    or 2 GiB on the CPU), assuming activations take `ACTIVATION_FACTOR` times the input's size."""
+    or 2 GiB on the CPU), assuming activations take `ACTIVATION_FACTOR` times the input's size.
+
+    Args:
+        batch_size: a positive int or "auto".
+        x: a `(B, C, *spatial)` batch of the size of one input.
+        device: where the model runs.
+        budget: memory budget in bytes for "auto" (None: the default above).
+
+    Returns:
+        The number of inputs per forward pass (1..256 for "auto").
+    """
     if batch_size == "auto":
         if budget is None:
             budget = DEFAULT_MEMORY_BUDGET

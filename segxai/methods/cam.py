@@ -3,6 +3,7 @@ al. 2018), N-D: channel weights from the target's gradient at a named layer, map
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from segxai.errors import SegxaiError
 from segxai.methods.base import Context, Explainer, target_footprint
+from segxai.methods.gradient import GradientStats
 from segxai.model import SegModel
 from segxai.targets import Target, evaluate
 
@@ -71,6 +73,15 @@ def layer_gradient(model: SegModel, x: torch.Tensor, target: Target, layer: str 
 
     `layer=None` takes the second-to-last convolution-like module to run (the last one usually computes the
     logits, where Grad-CAM reduces to the logit map).
+
+    Args:
+        model: the model adapter (its network a `torch.nn.Module`).
+        x: the `(B, C, *spatial)` batch.
+        target: a differentiable target, bound on this forward pass.
+        layer: a dotted module name, or None.
+
+    Returns:
+        The `LayerGradient` (activation, gradient, bound target, layer name, scores).
     """
     if not target.differentiable:
         raise SegxaiError(f"target {target.describe()['target']} is not differentiable; use a perturbation method")
@@ -127,6 +138,14 @@ def upsample(cam: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(cam, size=shape, mode=INTERPOLATION[len(shape)], align_corners=False)
 
 
+@dataclass(frozen=True)
+class CamStats(GradientStats):
+    """Per-item figures of Grad-CAM: the clean `score`, the layer used and its feature map's `(K, *grid)`."""
+
+    layer: str
+    layer_shape: tuple[int, ...]
+
+
 class GradCAM(Explainer):
     """Grad-CAM at `layer`: `L = sum_k a_k A^k` with `a_k` the spatial mean of `dT/dA^k`, upsampled to the input.
 
@@ -138,8 +157,15 @@ class GradCAM(Explainer):
     """
 
     name = "gradcam"
+    summary = "Grad-CAM / Seg-Grad-CAM (Selvaraju et al. 2017): gradient-weighted layer activations, upsampled"
 
     def __init__(self, model, layer: str | None = None, relu: bool = False) -> None:
+        """
+        Args:
+            model: a `SegModel` or a network (a `torch.nn.Module`, to hook its layers).
+            layer: dotted module name; None takes the second-to-last convolution to run.
+            relu: apply the paper's ReLU to the map before upsampling.
+        """
         super().__init__(model)
         if layer is not None:
             if not isinstance(self.model.net, nn.Module):
@@ -159,9 +185,8 @@ class GradCAM(Explainer):
         if self.relu:
             cam = torch.relu(cam)
         cam = upsample(cam, tuple(x.shape[2:]))
-        self.run_stats.update(
-            {"layer": found.layer, "layer_shape": list(activation.shape[1:]), "target_score": found.scores.tolist()}
-        )
+        for item, score in enumerate(found.scores.tolist()):
+            context.record(item, CamStats(score=score, layer=found.layer, layer_shape=tuple(activation.shape[1:])))
         if roi is not None:
             cam = cam * roi.to(cam.device)
         return cam, target_footprint(found.bound, x)
@@ -176,13 +201,14 @@ class GradCAMpp(GradCAM):
 
     The paper differentiates `S = exp(T)`: its 2nd and 3rd derivatives are `S g^2` and `S g^3` (for a network
     piecewise linear after the layer), so S cancels in `a` and is a positive factor of every weight. We drop it:
-    the map is MONAI's `GradCAMpp` divided by `exp(T)` (T is `target_score` in the stats), a factor that
+    the map is MONAI's `GradCAMpp` divided by `exp(T)` (T is `score` in the stats), a factor that
     overflows float32 once T sums hundreds of logits.
     The denominator sums `A_v g_v^3` over positions as MONAI does (the paper writes `g_u^3 sum_v A_v`; both agree
     when the gradient is spatially constant, as behind global pooling); where it is 0, `a` is 0.
     """
 
     name = "gradcampp"
+    summary = "Grad-CAM++ (Chattopadhyay et al. 2018): Grad-CAM with higher-order channel weights"
 
     def channel_weights(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         squared = grad.pow(2)

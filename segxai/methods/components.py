@@ -1,4 +1,4 @@
-"""PdCR-style component ATE (library extension, METHODS.md 4.7): average treatment effects of network components.
+"""Average treatment effects of network components (a library extension of PdCR to layers and channels).
 
 A forward hook replaces the output of a layer, or of single channels of it, by an intervention value:
 `resample` takes the activation the component produces on another input (a donor image drawn per draw, which
@@ -8,25 +8,29 @@ output, and the effect of a component is `ATE = mean_t [T(x | do(h := h_t)) - T(
 over the draws. Negative effects mean the component's own activation supports the score. PdCR's optional
 screen (S draws, skip components with every |delta| < tau, then N fresh draws) is available. The published
 PdCR code has no component interventions; this is an extension using the same estimator on hidden units.
+
+The interventions run through the perturbation engine as forward-hook edits, each batch scoring the clean
+input beside them, so a component off the target's path has an effect of exactly zero.
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segxai.errors import SegxaiError
-from segxai.methods.base import as_segmodel, resolve_batch_size
+from segxai.methods.base import Context, as_segmodel
 from segxai.methods.cam import find_layer, record_outputs
-from segxai.io.table import format_table, write_csv
+from segxai.methods.component_reports import ComponentEffect, ComponentReport, ComponentReports, ModelComparison
+from segxai.methods.perturb import engine
 from segxai.model import ArrayLike, SegModel, SegOutput
-from segxai.progress import progress_bar
+from segxai.roi import as_roi
 from segxai.targets import Target, as_target, evaluate
 
 Unit = Literal["layer", "channel"]
@@ -34,67 +38,8 @@ Intervention = Literal["resample", "mean", "zero"]
 TargetLike = Target | Callable[[SegOutput], torch.Tensor]
 UNITS = ("layer", "channel")
 INTERVENTIONS = ("resample", "mean", "zero")
-
-
-@dataclass
-class ComponentEffect:
-    """The effect of intervening on one component: a whole `layer` (`channel` None) or one channel of it.
-
-    `effect` is the mean score change over `draws` draws and `se` its standard error (0 for one draw);
-    `screened_out` marks components the screen set to 0; `rank` is 1 for the largest |effect| of its kind.
-    """
-
-    layer: str
-    channel: int | None
-    effect: float
-    se: float
-    draws: int
-    screened_out: bool = False
-    rank: int = 0
-
-    def row(self) -> dict[str, Any]:
-        unit = "layer" if self.channel is None else "channel"
-        return {"unit": unit, "layer": self.layer, "channel": self.channel, "rank": self.rank,
-                "effect": self.effect, "se": self.se, "draws": self.draws, "screened_out": self.screened_out}
-
-
-@dataclass
-class ComponentReport:
-    """Ranked layer effects (every channel of a layer treated together) and, for `unit="channel"`, ranked
-    channel effects; `base` is the clean score, and the cost is in forward passes (batch items) and seconds."""
-
-    base: float
-    layers: list[ComponentEffect]
-    channels: list[ComponentEffect]
-    intervention: str
-    seed: int
-    target: dict[str, Any]
-    forward_passes: int
-    seconds: float
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One row per component (layers first, each list in rank order), for tables and CSV."""
-        extra = {"intervention": self.intervention, "base": self.base}
-        return [{**effect.row(), **extra} for effect in [*self.layers, *self.channels]]
-
-    def write_csv(self, path: str | Path) -> Path:
-        return write_csv(self.rows(), path)
-
-
-@dataclass
-class ModelComparison:
-    """Component reports of several models on the same inputs and target, as one table (`model` column)."""
-
-    reports: dict[str, ComponentReport] = field(default_factory=dict)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [{"model": name, **row} for name, report in self.reports.items() for row in report.rows()]
-
-    def table(self) -> str:
-        return format_table(self.rows())
-
-    def write_csv(self, path: str | Path) -> Path:
-        return write_csv(self.rows(), path)
+__all__ = ["ComponentEffect", "ComponentEffects", "ComponentReport", "ComponentReports", "ModelComparison",
+           "compare_models"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +56,7 @@ class ComponentEffects:
     deterministic and use one); `screen_draws` > 0 adds PdCR's screen with threshold `tau` (effects below `tau`
     in magnitude are also set to 0, as PdCR does). Each layer must run once per forward pass (no sliding-window
     inferer). Draws are shared across components (draw t uses the same donor for every component), which makes
-    their comparison less noisy. Items (component, draw) are batched, `batch_size` at a time.
+    their comparison less noisy. The object holds settings only; every call's figures are in its report.
     """
 
     def __init__(
@@ -124,9 +69,17 @@ class ComponentEffects:
         draws: int = 20,
         screen_draws: int = 0,
         tau: float = 0.0,
-        batch_size: int | str = "auto",
-        progress: bool = True,
     ) -> None:
+        """
+        Args:
+            model: a `SegModel` or a network (a `torch.nn.Module`, whose layers are hooked).
+            layers: dotted module names, as in `named_modules()`.
+            unit: "layer", or "channel" to add each channel of every layer.
+            intervention: "resample" (donor activations), "mean" or "zero".
+            draws: resample draws per component.
+            screen_draws: draws of PdCR's screen (0: no screen).
+            tau: the screen's threshold; smaller |effects| are set to 0.
+        """
         self.model = as_segmodel(model)
         if not isinstance(self.model.net, nn.Module):
             raise SegxaiError("component effects need the network as a torch.nn.Module to hook its layers")
@@ -146,35 +99,69 @@ class ComponentEffects:
         self.draws = int(draws) if random else 1
         self.screen_draws = int(screen_draws) if random else 0
         self.tau = float(tau)
-        self.batch_size = batch_size
-        self.progress = bool(progress)
 
-    def estimate(
-        self, inputs: ArrayLike, target: TargetLike, donors: ArrayLike | None = None, seed: int = 0
-    ) -> ComponentReport:
-        """Effects on `target` for the one image `inputs` (`(C, *spatial)`); `donors` `(D, C, *spatial)` are the
-        other images for resample (required) and mean ablation (optional). Same seed, same report."""
-        x = _single_image(self.model, inputs)
+    def explain(
+        self,
+        inputs: ArrayLike,
+        target: TargetLike,
+        roi: ArrayLike | None = None,
+        *,
+        donors: ArrayLike | None = None,
+        seed: int = 0,
+        batch_size: int | str = "auto",
+        progress: bool = True,
+    ) -> ComponentReport | ComponentReports:
+        """Effects of every component on `target`, bound to each image's clean output.
+
+        Args:
+            inputs: one image `(C, *spatial)` or a batch `(B, C, *spatial)`.
+            target: any segxai target (or a callable on the output).
+            roi: intervene only where the layer's grid lies over this `(*spatial)` mask (a layer voxel is
+                inside when any input voxel of its cell is; adaptive max pooling maps the ROI to the layer).
+            donors: other images `(D, C, *spatial)` on the input grid: required for resample, optional for
+                mean ablation (without them, each channel's spatial mean on the image itself).
+            seed: seeds the donor draws; the same seed gives the same report.
+            batch_size: interventions per forward pass, a positive int or "auto" (a memory budget).
+            progress: show a progress bar.
+        Returns:
+            A `ComponentReport` for one image; a `ComponentReports` keyed 0..B-1 for a batch.
+        """
+        x, batched = self.model.prepare(inputs)
         target = as_target(target)
+        region = as_roi(roi, x.shape[2:])
         pool = self._donors(donors, x)
-        generator = torch.Generator().manual_seed(int(seed))
+        context = engine.context(self.model, x[:1], seed=seed, batch_size=batch_size, progress=progress)
+        reports = [self._report(item, target, region, pool, context, int(seed)) for item in x.split(1)]
+        return ComponentReports(reports) if batched else reports[0]
+
+    # ------------------------------------------------------------------------------------------- internals
+    def _report(self, x: torch.Tensor, target: Target, roi: torch.Tensor | None, pool: torch.Tensor | None,
+                context: Context, seed: int) -> ComponentReport:
+        """The report of one `(1, C, *spatial)` image."""
         choices = len(pool) if self.intervention == "resample" else 1
-        donor_rows = torch.randint(choices, (self.screen_draws + self.draws,), generator=generator)
-        size = resolve_batch_size(self.batch_size, x, self.model.device)
-        with self.model.measure() as cost, torch.no_grad():
+        donor_rows = torch.randint(choices, (self.screen_draws + self.draws,), generator=context.generator)
+        with self.model.measure() as measure, torch.no_grad():
             clean, activations = self._recorded(x)
             bound = target.bind(clean)
             base = float(evaluate(bound, clean)[0])
-            bank = self._bank(activations, pool, size)
+            bank = self._bank(activations, pool, context.batch_size)
+            regions = {name: _layer_region(name, value, roi) for name, value in activations.items()}
             components = self._components(activations)
-            run = _Runner(self.model, self.layers, x, bound, base, bank, donor_rows, size, self.progress)
-            effects = self._effects(run, components)
+
+            def deltas(items: list[tuple[_Component, int]]) -> dict[_Component, list[float]]:
+                treated = _Interventions(x, items, bank, donor_rows, regions)
+                scores = engine.score_all(self.model, treated, engine.target_scorer(self.model, bound), context,
+                                          clean=x, desc="component effects")
+                grouped: dict[_Component, list[float]] = {}
+                for (component, _), score in zip(items, scores.tolist()):
+                    grouped.setdefault(component, []).append(score)
+                return grouped
+
+            effects = self._effects(deltas, components)
         layers = _ranked([e for e in effects if e.channel is None])
         channels = _ranked([e for e in effects if e.channel is not None])
-        return ComponentReport(base, layers, channels, self.intervention, int(seed), target.describe(),
-                               cost.forward_passes, cost.seconds)
+        return ComponentReport(base, layers, channels, self.intervention, seed, target.describe(), measure.cost)
 
-    # ------------------------------------------------------------------------------------------- internals
     def _donors(self, donors: ArrayLike | None, x: torch.Tensor) -> torch.Tensor | None:
         """The donor batch on the input's grid, required for resample ablation."""
         if donors is None:
@@ -222,23 +209,24 @@ class ComponentEffects:
             components += [_Component(name, k) for name in self.layers for k in range(activations[name].shape[1])]
         return components
 
-    def _effects(self, run: "_Runner", components: list[_Component]) -> list[ComponentEffect]:
+    def _effects(self, deltas: Callable[[list[tuple[_Component, int]]], dict[_Component, list[float]]],
+                 components: list[_Component]) -> list[ComponentEffect]:
         """Screen (when asked), then estimate with fresh draws; effects below `tau` in magnitude become 0."""
         passing = components
         if self.screen_draws:
-            screen = run.deltas([(c, t) for c in components for t in range(self.screen_draws)])
+            screen = deltas([(c, t) for c in components for t in range(self.screen_draws)])
             passing = [c for c in components if max(abs(d) for d in screen[c]) >= self.tau]
         offset = self.screen_draws
-        deltas = run.deltas([(c, offset + t) for c in passing for t in range(self.draws)])
+        found = deltas([(c, offset + t) for c in passing for t in range(self.draws)])
         effects = []
         for component in components:
-            values = np.asarray(deltas.get(component, [0.0]), dtype=np.float64)
-            mean = float(values.mean()) if component in deltas else 0.0
+            values = np.asarray(found.get(component, [0.0]), dtype=np.float64)
+            mean = float(values.mean()) if component in found else 0.0
             se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
             if abs(mean) < self.tau:
                 mean = 0.0
             effects.append(ComponentEffect(component.layer, component.channel, mean, se,
-                                           len(values) if component in deltas else 0, component not in deltas))
+                                           len(values) if component in found else 0, component not in found))
         return effects
 
 
@@ -249,83 +237,84 @@ def compare_models(
     layers: Sequence[str] | Mapping[str, Sequence[str]],
     *,
     donors: ArrayLike | None = None,
+    roi: ArrayLike | None = None,
     seed: int = 0,
+    batch_size: int | str = "auto",
+    progress: bool = True,
     **settings: Any,
 ) -> ModelComparison:
-    """Component effects of several models on the same image, donors, target and seed, as one comparison
-    (the paper's "perceptual strategies differ between models"). `layers` is one list for all models or a
-    list per model name; `settings` go to `ComponentEffects` (unit, intervention, draws, ...)."""
+    """Component effects of several models on the same image(s), donors, target and seed, as one comparison
+    (the paper's "perceptual strategies differ between models").
+
+    Args:
+        models: the models by name.
+        inputs, target, roi, donors, seed, batch_size, progress: as for `ComponentEffects.explain`.
+        layers: one list for all models or a list per model name.
+        **settings: `ComponentEffects` settings (unit, intervention, draws, ...).
+    Returns:
+        The reports keyed by model name.
+    """
     if not models:
         raise SegxaiError("compare_models needs at least one model, as {name: model}")
     per_model = layers if isinstance(layers, Mapping) else {name: layers for name in models}
     missing = [name for name in models if name not in per_model]
     if missing:
         raise SegxaiError(f"no layers given for model(s) {', '.join(missing)}")
-    reports = {
-        name: ComponentEffects(model, per_model[name], **settings).estimate(inputs, target, donors, seed)
-        for name, model in models.items()
-    }
-    return ModelComparison(reports)
+    call = {"roi": roi, "donors": donors, "seed": seed, "batch_size": batch_size, "progress": progress}
+    reports = [ComponentEffects(model, per_model[name], **settings).explain(inputs, target, **call)
+               for name, model in models.items()]
+    return ModelComparison(reports, list(models))
 
 
-class _Runner:
-    """Runs batches of (component, draw) items through the hooked network and returns their score changes."""
+class _Interventions:
+    """(component, draw) items as engine perturbations: copies of the input, with an edit at every layer that
+    replaces the treated entries (the component's channels, within the ROI) by the draw's replacement."""
 
-    def __init__(self, model: SegModel, layers: list[str], x: torch.Tensor, target: Target, base: float,
-                 bank: dict[str, torch.Tensor], donor_rows: torch.Tensor, batch_size: int, progress: bool) -> None:
-        self.model, self.layers, self.x, self.target, self.base = model, layers, x, target, base
-        self.bank, self.donor_rows, self.batch_size, self.progress = bank, donor_rows, batch_size, progress
+    def __init__(self, x: torch.Tensor, items: list[tuple[_Component, int]], bank: dict[str, torch.Tensor],
+                 donor_rows: torch.Tensor, regions: dict[str, torch.Tensor | None]) -> None:
+        self.x, self.items, self.bank, self.donor_rows, self.regions = x, items, bank, donor_rows, regions
 
-    def deltas(self, items: list[tuple[_Component, int]]) -> dict[_Component, list[float]]:
-        """`T(x | do(component := draw t)) - T(x)` for every item, grouped by component in draw order."""
-        out: dict[_Component, list[float]] = {}
-        starts = range(0, len(items), self.batch_size)
-        for start in progress_bar(starts, enabled=self.progress, total=len(starts), desc="component effects"):
-            batch = items[start:start + self.batch_size]
-            plan = {name: self._plan(name, batch) for name in self.layers}
-            with _interventions(self.model.net, {k: v for k, v in plan.items() if v is not None}):
-                output = self.model(self.x.expand(len(batch), *self.x.shape[1:]))
-            scores = evaluate(self.target, output).double().cpu() - self.base
-            for (component, _), score in zip(batch, scores.tolist()):
-                out.setdefault(component, []).append(score)
-        return out
+    def __len__(self) -> int:
+        return len(self.items)
 
-    def _plan(self, layer: str, batch: list[tuple[_Component, int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The per-item channel mask `(B, K, 1, ...)` and replacement `(B, K, ...)` at `layer`, or None."""
-        bank = self.bank[layer]
-        mask = torch.zeros(len(batch), bank.shape[1], dtype=torch.bool)
-        for i, (component, _) in enumerate(batch):
-            if component.layer == layer:
-                mask[i, slice(None) if component.channel is None else component.channel] = True
-        if not bool(mask.any()):
-            return None
-        rows = self.donor_rows[[t for _, t in batch]]
-        mask = mask.view(*mask.shape, *(1,) * (bank.dim() - 2)).to(bank.device)
-        return mask, bank[rows.to(bank.device)]
+    def batch(self, start: int, stop: int) -> engine.Batch:
+        items = self.items[start:stop]
+        edits = {}
+        for layer, bank in self.bank.items():
+            mask = torch.zeros(len(items), bank.shape[1], dtype=torch.bool)
+            for i, (component, _) in enumerate(items):
+                if component.layer == layer:
+                    mask[i, slice(None) if component.channel is None else component.channel] = True
+            if bool(mask.any()):
+                mask = mask.view(*mask.shape, *(1,) * (bank.dim() - 2)).to(bank.device)
+                if self.regions[layer] is not None:
+                    mask = mask & self.regions[layer]
+                rows = self.donor_rows[[t for _, t in items]].to(bank.device)
+                edits[layer] = _replacing(layer, mask, bank[rows])
+        return engine.Batch(self.x.expand(len(items), *self.x.shape[1:]), edits)
 
 
-@contextmanager
-def _interventions(net: nn.Module, plan: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
-    """Forward hooks that return the layer's output with the masked entries replaced, for this batch only."""
-    modules = dict(net.named_modules())
+def _replacing(layer: str, mask: torch.Tensor, replacement: torch.Tensor) -> engine.Edit:
+    """The edit that returns a layer's output with the masked entries replaced."""
 
-    def hook_for(name: str):
-        mask, replacement = plan[name]
+    def edit(output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or output.shape != replacement.shape:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise SegxaiError(f"layer {layer!r} returned {shape} in the batch, not {tuple(replacement.shape)}")
+        return torch.where(mask, replacement.to(output.dtype), output)
 
-        def hook(_module, _inputs, output):
-            if not isinstance(output, torch.Tensor) or output.shape != replacement.shape:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise SegxaiError(f"layer {name!r} returned {shape} in the batch, not {tuple(replacement.shape)}")
-            return torch.where(mask, replacement.to(output.dtype), output)
+    return edit
 
-        return hook
 
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in plan]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+def _layer_region(layer: str, activation: torch.Tensor, roi: torch.Tensor | None) -> torch.Tensor | None:
+    """The ROI on a layer's grid `(1, 1, *grid)`: a layer voxel is inside when any input voxel of its cell is."""
+    if roi is None:
+        return None
+    if activation.dim() - 2 != roi.dim() or roi.dim() not in (2, 3):
+        raise SegxaiError(f"layer {layer!r} has no spatial grid like the input's {tuple(roi.shape)}, so an ROI "
+                          "cannot restrict its intervention")
+    pool = F.adaptive_max_pool2d if roi.dim() == 2 else F.adaptive_max_pool3d
+    return (pool(roi.float()[None, None], tuple(activation.shape[2:])) > 0).to(activation.device)
 
 
 def _ranked(effects: list[ComponentEffect]) -> list[ComponentEffect]:
@@ -341,13 +330,6 @@ def _spatial_mean(value: torch.Tensor) -> torch.Tensor:
     if value.dim() <= 2:
         return value.clone()
     return value.mean(dim=tuple(range(2, value.dim())), keepdim=True).expand_as(value).clone()
-
-
-def _single_image(model: SegModel, inputs: ArrayLike) -> torch.Tensor:
-    x, batched = model.prepare(inputs)
-    if batched and x.shape[0] != 1:
-        raise SegxaiError(f"component effects are estimated for one image (C, *spatial), not a batch of {x.shape[0]}")
-    return x
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

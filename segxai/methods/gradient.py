@@ -1,21 +1,46 @@
 """Gradient methods: attribution from d(target score)/d(input)."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
 from segxai.errors import SegxaiError
+from segxai.explanation import ItemStats
 from segxai.methods.base import Context, Explainer, target_footprint
 from segxai.model import SegModel
 from segxai.targets import Target, evaluate
 
 
-def input_gradient(model: SegModel, x: torch.Tensor, target: Target, bind_to_self: bool = True) -> tuple[torch.Tensor, Target]:
+@dataclass(frozen=True)
+class GradientStats(ItemStats):
+    """Per-item figures of a gradient method: `score`, the target's score on the item's clean input."""
+
+    score: float
+
+
+class InputGradient(NamedTuple):
+    """The gradient `(B, C, *spatial)`, the target bound on this output and the `(B,)` target scores."""
+
+    grad: torch.Tensor
+    bound: Target
+    scores: torch.Tensor
+
+
+def input_gradient(model: SegModel, x: torch.Tensor, target: Target, bind_to_self: bool = True) -> InputGradient:
     """Gradient of the (bound) target's scores with respect to the batch `x`, one backward pass.
 
     Batch items are independent in eval mode, so the gradient of the summed scores is each item's own.
-    Returns the gradient and the bound target.
+
+    Args:
+        model: the model adapter.
+        x: the `(B, C, *spatial)` batch.
+        target: the target; bound to this output first unless `bind_to_self` is False (already bound).
+        bind_to_self: bind the target on this forward pass.
+
+    Returns:
+        The gradient, the bound target and the scores.
     """
     if not target.differentiable:
         raise SegxaiError(
@@ -32,7 +57,7 @@ def input_gradient(model: SegModel, x: torch.Tensor, target: Target, bind_to_sel
         (grad,) = torch.autograd.grad(scores.sum(), x, allow_unused=True)
     if grad is None:
         raise SegxaiError("the target score does not depend on the input; nothing to differentiate")
-    return grad, bound
+    return InputGradient(grad, bound, scores.detach())
 
 
 class Saliency(Explainer):
@@ -43,8 +68,14 @@ class Saliency(Explainer):
     """
 
     name = "saliency"
+    summary = "plain input gradient (Simonyan et al. 2014), signed"
 
     def __init__(self, model, absolute: bool = False) -> None:
+        """
+        Args:
+            model: a `SegModel` or a network.
+            absolute: take |gradient| (Captum's default), losing the sign.
+        """
         super().__init__(model)
         self.absolute = bool(absolute)
 
@@ -52,7 +83,9 @@ class Saliency(Explainer):
         return {"absolute": self.absolute}
 
     def _attribute(self, x: torch.Tensor, target: Target, roi: torch.Tensor | None, context: Context):
-        grad, bound = input_gradient(self.model, x, target)
+        grad, bound, scores = input_gradient(self.model, x, target)
+        for item, score in enumerate(scores.tolist()):
+            context.record(item, GradientStats(score=score))
         if self.absolute:
             grad = grad.abs()
         if roi is not None:

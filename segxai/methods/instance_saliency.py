@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
 
 from segxai.errors import SegxaiError
-from segxai.explanation import Explanation
+from segxai.explanation import Explanation, Explanations, ItemStats, stats_view
 from segxai.instances import label_instances, lesion_types
 from segxai.methods.base import Explainer, as_segmodel, resolve_batch_size
 from segxai.methods.perturb.engine import CROP_ALIGNMENT
 from segxai.methods.smoothgrad import noise_sigma
 from segxai.model import SegModel
 from segxai.progress import progress_bar
-from segxai.roi import CropPlan, crop_plan, receptive_field
+from segxai.roi import CropPlan, as_roi, crop_plan, receptive_field
 from segxai.targets import ClassRegion, Score, evaluate
 
 Aggregation = Literal["mean", "max"]
@@ -46,7 +46,19 @@ class FoundInstance:
 def find_instances(model: SegModel, x: torch.Tensor, cls: int, reference: np.ndarray | torch.Tensor | None = None,
                    *, connectivity: int | None = None, min_size: int = 1) -> list[FoundInstance]:
     """The instances of class `cls` predicted on the single-image batch `x`; with a `reference` mask, typed by
-    `segxai.metrics.lesion_types` (TP/FP), followed by the reference lesions the model missed (FN)."""
+    `segxai.instances.lesion_types` (TP/FP), followed by the reference lesions the model missed (FN).
+
+    Args:
+        model: the model adapter.
+        x: a `(1, C, *spatial)` batch.
+        cls: the class.
+        reference: a mask on the image grid, or None.
+        connectivity: SciPy's connectivity rank (None: 4-connected in 2D, 18-connected in 3D, see `label_instances`).
+        min_size: smallest instance kept, in voxels.
+
+    Returns:
+        The instances, numbered from 1.
+    """
     with torch.no_grad():
         predicted = model(x).class_mask(cls)[0].cpu().numpy()
     if reference is None:
@@ -59,96 +71,178 @@ def find_instances(model: SegModel, x: torch.Tensor, cls: int, reference: np.nda
     return [FoundInstance(lesion.id, lesion.type, torch.from_numpy(typed.mask(lesion))) for lesion in typed.lesions]
 
 
-def explain_instances(
-    model: SegModel | torch.nn.Module,
-    inputs: torch.Tensor | np.ndarray,
-    cls: int,
-    method: str | Explainer = "smoothgrad",
-    *,
-    reference: np.ndarray | torch.Tensor | None = None,
-    instances: Sequence[FoundInstance] | None = None,
-    n_samples: int = 50,
-    noise: float = 0.05,
-    relative: bool = True,
-    reference_channel: int | None = 0,
-    aggregation: Aggregation = "mean",
-    chunk: int = 512,
-    score: Score = "logit",
-    crop: bool = False,
-    connectivity: int | None = None,
-    min_size: int = 1,
-    seed: int = 0,
-    batch_size: int | str = "auto",
-    progress: bool = True,
-) -> list[Explanation]:
-    """One `Explanation` per instance of class `cls` in the single image `inputs` (`(C, *spatial)`).
+@dataclass(frozen=True)
+class InstanceStats(ItemStats):
+    """Per-instance figures: the instance's number, type and voxel count, and the figures the explaining
+    method reported for it (`base`, None for the shared gradient methods); `as_dict` merges `base` in."""
 
-    `method` "smoothgrad" (noise `noise`, a fraction of channel `reference_channel`'s range, or of each
-    channel's with None, or absolute with `relative=False`; `n_samples` draws) or "saliency" (one clean pass)
-    share forward passes between instances; another method name or `Explainer` runs per instance. The target is
-    the instance's summed class `score` ("logit" by default, as in the paper). With `crop=True` each instance is
-    computed on a crop of its box plus the network's receptive field (exact, and much smaller for small lesions;
-    instances whose crops overlap share one).
-    Each explanation's stats carry the instance number, type and voxel count; its `target_mask` is the instance.
+    instance: int
+    instance_type: str
+    instance_voxels: int
+    base: ItemStats | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        own = {"instance": self.instance, "instance_type": self.instance_type, "instance_voxels": self.instance_voxels}
+        return {**({} if self.base is None else self.base.as_dict()), **own}
+
+
+class InstanceSaliency:
+    """Explain every instance (lesion) of one class of one image, each on its own summed-score target.
+
+    "smoothgrad" (noise `noise`, a fraction of channel `reference_channel`'s range, or of each channel's with
+    None, or absolute with `relative=False`; `n_samples` draws) and "saliency" (one clean pass) share forward
+    passes between instances; another method name or `Explainer` runs once per instance. The target of an
+    instance is its summed class `score` ("logit" by default, as in the paper). With `crop=True` each instance
+    is computed on a crop of its box plus the network's receptive field (exact, and much smaller for small
+    lesions; instances whose crops overlap share one). Instances are the connected components of the
+    prediction (`connectivity`, `min_size`, see `find_instances`).
+
+    Args:
+        model: a `SegModel` or a network.
+        method: "smoothgrad", "saliency", another registered method's name or an `Explainer`.
+        n_samples, noise, relative, reference_channel: the shared SmoothGrad's noise.
+        aggregation: "mean" (gradient of the summed score) or "max" (strongest gradient over voxel chunks).
+        chunk: voxels per chunk for "max" (1 is exact).
+        score: the class score summed over the instance ("logit", "probability", ...).
+        crop: compute each instance on a crop (shared gradient methods only).
+        connectivity, min_size: how instances are found.
     """
-    model = as_segmodel(model)
-    x, batched = model.prepare(inputs)
-    if batched and x.shape[0] != 1:
-        raise SegxaiError("explain_instances takes one image (C, *spatial); loop over a batch yourself")
-    found = list(instances) if instances is not None else find_instances(
-        model, x, cls, reference, connectivity=connectivity, min_size=min_size)
-    if not found:
-        raise SegxaiError(f"no instance of class {cls} to explain: the model predicts none"
-                          + ("" if reference is None else " and the reference has none"))
-    if isinstance(method, str) and method in SHARED_METHODS:
-        return _shared_gradients(model, x, cls, found, method, n_samples, noise, relative, reference_channel,
-                                 aggregation, chunk, score, crop, seed, batch_size, progress)
-    if crop:
-        raise SegxaiError("crop=True is for the shared gradient methods (smoothgrad, saliency)")
-    from segxai.methods import get_method
 
-    explainer = get_method(method, model) if isinstance(method, str) else method
-    explanations = []
-    for instance in progress_bar(found, enabled=progress, total=len(found), desc=f"{explainer.name} instances"):
-        target = ClassRegion(cls, instance.mask, score=score, reduce="sum")
-        explanation = explainer.explain(x[0], target, seed=seed, batch_size=batch_size, progress=False)
-        explanation.stats.update(_instance_stats(instance))
-        explanations.append(explanation)
-    return explanations
+    name = "instance_saliency"
+    summary = "one explanation per predicted instance (lesion) of a class, shared forward passes (Spagnolo et al.)"
 
-
-def _shared_gradients(model, x, cls, found, method, n_samples, noise, relative, reference_channel, aggregation,
-                      chunk, score, crop, seed, batch_size, progress) -> list[Explanation]:
-    if aggregation not in ("mean", "max"):
-        raise SegxaiError(f"aggregation must be 'mean' or 'max', not {aggregation!r}")
-    if int(chunk) < 1:
-        raise SegxaiError(f"chunk must be a positive number of voxels, not {chunk}")
-    if method == "saliency":
-        n_samples, noise = 1, 0.0
-    if int(n_samples) < 1:
-        raise SegxaiError(f"n_samples must be at least 1, not {n_samples}")
-    sigma = noise_sigma(x, noise, relative=relative, reference_channel=reference_channel)
-    batch = min(int(n_samples), resolve_batch_size(batch_size, x, model.device))
-    params = {"n_samples": int(n_samples), "noise": float(noise), "relative": relative,
-              "reference_channel": reference_channel, "aggregation": aggregation, "chunk": int(chunk),
-              "score": score, "crop": crop}
-    with model.measure() as cost:
-        groups = _crop_groups(model, x, found) if crop else []
-        if crop:
-            maps: list[torch.Tensor | None] = [None] * len(found)
-            for members, plan in progress_bar(groups, enabled=progress, total=len(groups), desc=f"{method} crops"):
-                cropped = _accumulate(model, x, cls, [found[k].mask for k in members], sigma, n_samples, batch,
-                                      seed, aggregation, chunk, score, plan, progress=False)
-                for k, values in zip(members, cropped):
-                    maps[k] = plan.paste(values)
+    def __init__(self, model: SegModel | torch.nn.Module, method: str | Explainer = "smoothgrad", *,
+                 n_samples: int = 50, noise: float = 0.05, relative: bool = True, reference_channel: int | None = 0,
+                 aggregation: Aggregation = "mean", chunk: int = 512, score: Score = "logit", crop: bool = False,
+                 connectivity: int | None = None, min_size: int = 1) -> None:
+        self.model = as_segmodel(model)
+        self.shared = isinstance(method, str) and method in SHARED_METHODS
+        if self.shared:
+            if aggregation not in ("mean", "max"):
+                raise SegxaiError(f"aggregation must be 'mean' or 'max', not {aggregation!r}")
+            if int(chunk) < 1:
+                raise SegxaiError(f"chunk must be a positive number of voxels, not {chunk}")
+            if method == "saliency":
+                n_samples, noise = 1, 0.0
+            if int(n_samples) < 1:
+                raise SegxaiError(f"n_samples must be at least 1, not {n_samples}")
+            noise_sigma(torch.zeros(1, 1, 1), noise)  # reject a negative or non-numeric noise now
+            self.method, self.explainer = method, None
         else:
-            maps = _accumulate(model, x, cls, [i.mask for i in found], sigma, n_samples, batch, seed, aggregation,
-                               chunk, score, None, progress)
-    shared = {"method": f"instance_{method}", "params": params, "seed": int(seed), **cost.as_stats(),
-              "batch_size": batch, "device": str(model.device), "crops": len(groups)}
-    inputs = x[0].detach().cpu()
-    return [Explanation(m.float().cpu(), {**shared, **_instance_stats(i)}, inputs, None, i.mask.cpu(), False)
-            for m, i in zip(maps, found)]
+            if crop:
+                raise SegxaiError("crop=True is for the shared gradient methods (smoothgrad, saliency)")
+            from segxai.methods import get_method
+
+            self.explainer = get_method(method, self.model) if isinstance(method, str) else method
+            self.method = self.explainer.name
+        self.n_samples, self.noise, self.relative = int(n_samples), float(noise), relative
+        self.reference_channel, self.aggregation, self.chunk = reference_channel, aggregation, int(chunk)
+        self.score, self.crop, self.connectivity, self.min_size = score, crop, connectivity, min_size
+
+    def params(self) -> dict[str, Any]:
+        """The settings, recorded in each explanation's stats."""
+        if not self.shared:
+            return {"method": self.method, "score": self.score, **self.explainer.params()}
+        return {"n_samples": self.n_samples, "noise": self.noise, "relative": self.relative,
+                "reference_channel": self.reference_channel, "aggregation": self.aggregation, "chunk": self.chunk,
+                "score": self.score, "crop": self.crop}
+
+    def explain(self, inputs: torch.Tensor | np.ndarray, target: int, roi: torch.Tensor | np.ndarray | None = None,
+                *, reference: np.ndarray | torch.Tensor | None = None, instances: Sequence[FoundInstance] | None = None,
+                seed: int = 0, batch_size: int | str = "auto", progress: bool = True) -> Explanations:
+        """One `Explanation` per instance of class `target` in the single image `inputs`.
+
+        Args:
+            inputs: one image, `(C, *spatial)` (or a batch of one).
+            target: the class whose instances are explained.
+            roi: where maps may be non-zero (passed on to a per-instance method; shared maps are zeroed outside).
+            reference: a reference mask on the image grid: instances are typed TP/FP and missed lesions (FN)
+                are explained on their own voxels.
+            instances: the instances to explain, instead of finding them.
+            seed: seed of every random draw.
+            batch_size: inputs per forward pass, or "auto".
+            progress: show progress bars.
+
+        Returns:
+            `Explanations` keyed by instance number; each member's `items[0]` is its `InstanceStats` and its
+            `target_mask` the instance. For the shared methods every member's cost is the shared cost of the call.
+        """
+        x, batched = self.model.prepare(inputs)
+        if batched and x.shape[0] != 1:
+            raise SegxaiError("instance saliency takes one image (C, *spatial); loop over a batch yourself")
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+            raise SegxaiError(f"the target of instance saliency is a class index, not {type(target).__name__}")
+        cls = int(target)
+        roi_mask = as_roi(roi, x.shape[2:])
+        found = list(instances) if instances is not None else find_instances(
+            self.model, x, cls, reference, connectivity=self.connectivity, min_size=self.min_size)
+        if not found:
+            raise SegxaiError(f"no instance of class {cls} to explain: the model predicts none"
+                              + ("" if reference is None else " and the reference has none"))
+        if self.shared:
+            return self._shared(x, cls, found, roi_mask, int(seed), batch_size, progress)
+        explanations = []
+        for instance in progress_bar(found, enabled=progress, total=len(found), desc=f"{self.method} instances"):
+            region = ClassRegion(cls, instance.mask, score=self.score, reduce="sum")
+            explanation = self.explainer.explain(x[0], region, roi_mask, seed=seed, batch_size=batch_size,
+                                                 progress=False)
+            item = _instance_item(instance, explanation.item(0))
+            explanation.stats.update(item.as_dict())
+            explanation.items = (item,)
+            explanations.append(explanation)
+        return Explanations(explanations, [i.index for i in found])
+
+    def _shared(self, x, cls, found, roi, seed, batch_size, progress) -> Explanations:
+        """The shared gradient methods: every noisy forward pass serves every instance."""
+        sigma = noise_sigma(x, self.noise, relative=self.relative, reference_channel=self.reference_channel)
+        batch = min(self.n_samples, resolve_batch_size(batch_size, x, self.model.device))
+        settings = (sigma, self.n_samples, batch, seed, self.aggregation, self.chunk, self.score)
+        with self.model.measure() as measure:
+            groups = _crop_groups(self.model, x, found) if self.crop else []
+            if self.crop:
+                maps: list[torch.Tensor | None] = [None] * len(found)
+                for members, plan in progress_bar(groups, enabled=progress, total=len(groups),
+                                                  desc=f"{self.method} crops"):
+                    cropped = _accumulate(self.model, x, cls, [found[k].mask for k in members], *settings, plan,
+                                          progress=False)
+                    for k, values in zip(members, cropped):
+                        maps[k] = plan.paste(values)
+            else:
+                maps = _accumulate(self.model, x, cls, [i.mask for i in found], *settings, None, progress)
+        header = {"method": f"instance_{self.method}", "params": self.params(), "seed": seed, "batch_size": batch,
+                  "device": str(self.model.device), "roi_voxels": None if roi is None else int(roi.sum()),
+                  "crops": len(groups)}
+        inputs = x[0].detach().cpu()
+        explanations = []
+        for values, instance in zip(maps, found):
+            values = values.float().cpu() if roi is None else values.float().cpu() * roi.cpu()
+            items = (_instance_item(instance, None),)
+            explanations.append(Explanation(values, stats_view(header, measure.cost, items, False), inputs, roi,
+                                            instance.mask.cpu(), False, measure.cost, items))
+        return Explanations(explanations, [i.index for i in found], cost=measure.cost)
+
+
+def explain_instances(model: SegModel | torch.nn.Module, inputs: torch.Tensor | np.ndarray, cls: int,
+                      method: str | Explainer = "smoothgrad", *, reference: np.ndarray | torch.Tensor | None = None,
+                      instances: Sequence[FoundInstance] | None = None, roi: torch.Tensor | np.ndarray | None = None,
+                      seed: int = 0, batch_size: int | str = "auto", progress: bool = True,
+                      **settings: Any) -> Explanations:
+    """`InstanceSaliency(model, method, **settings).explain(inputs, cls, roi, ...)` in one call.
+
+    Args:
+        model: a `SegModel` or a network.
+        inputs: one image `(C, *spatial)`.
+        cls: the class whose instances are explained.
+        method: see `InstanceSaliency`.
+        reference, instances, roi, seed, batch_size, progress: see `InstanceSaliency.explain`.
+        **settings: `InstanceSaliency`'s settings (n_samples, noise, aggregation, crop, ...).
+
+    Returns:
+        The `Explanations`, keyed by instance number.
+    """
+    return InstanceSaliency(model, method, **settings).explain(
+        inputs, cls, roi, reference=reference, instances=instances, seed=seed, batch_size=batch_size,
+        progress=progress)
 
 
 def _crop_groups(model: SegModel, x: torch.Tensor, found: Sequence[FoundInstance]) -> list[tuple[list[int], CropPlan]]:
@@ -244,5 +338,5 @@ def _noise(x: torch.Tensor, sigma: torch.Tensor, n_samples: int, batch: int, see
         yield view(eps).to(x.device, x.dtype) * sigma
 
 
-def _instance_stats(instance: FoundInstance) -> dict[str, object]:
-    return {"instance": instance.index, "instance_type": instance.kind, "instance_voxels": int(instance.mask.sum())}
+def _instance_item(instance: FoundInstance, base: ItemStats | None) -> InstanceStats:
+    return InstanceStats(instance.index, instance.kind, int(instance.mask.sum()), base)

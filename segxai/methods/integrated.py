@@ -5,6 +5,7 @@ the batch (`replicate`), and the split of those copies into runs that fit `batch
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from segxai.errors import SegxaiError
 from segxai.methods.base import Context, Explainer, target_footprint
-from segxai.methods.gradient import input_gradient
+from segxai.methods.gradient import GradientStats, input_gradient
 from segxai.model import SegOutput
 from segxai.progress import progress_bar
 from segxai.targets import Target, evaluate
@@ -59,6 +60,13 @@ def integration_rule(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]
     Names and points follow Captum. The weights always sum to 1, so a linear model's IG is exact; Captum's
     `riemann_trapezoid` instead weights its `linspace(0, 1, n)` points by `1/n` (halved at the ends), which sums
     to `(n - 1)/n`: its maps are ours times `(n - 1)/n`.
+
+    Args:
+        method: one of `RULES`.
+        n_steps: the number of points (at least 2 for "riemann_trapezoid").
+
+    Returns:
+        The points and their weights, both `(n_steps,)`.
     """
     if method not in RULES:
         raise SegxaiError(f"method must be one of {', '.join(RULES)}, not {method!r}")
@@ -82,8 +90,15 @@ def is_number(value: Any) -> bool:
 
 
 def as_baseline(baselines: float | torch.Tensor | np.ndarray, x: torch.Tensor) -> torch.Tensor:
-    """The baseline as a tensor shaped like `x`: a number fills every voxel; an array must broadcast to `x`
-    (e.g. `(C, *spatial)` or `(B, C, *spatial)`)."""
+    """The baseline as a tensor shaped like `x`.
+
+    Args:
+        baselines: a number (fills every voxel) or an array broadcasting to `x` (`(C, *spatial)`, `(B, C, *spatial)`).
+        x: the `(B, C, *spatial)` batch.
+
+    Returns:
+        A finite tensor of `x`'s shape, dtype and device.
+    """
     if is_number(baselines):
         return torch.full_like(x, float(baselines))
     if isinstance(baselines, (torch.Tensor, np.ndarray)):
@@ -99,6 +114,14 @@ def as_baseline(baselines: float | torch.Tensor | np.ndarray, x: torch.Tensor) -
     raise SegxaiError(f"baselines must be a number or a tensor, not {type(baselines).__name__}")
 
 
+@dataclass(frozen=True)
+class IGStats(GradientStats):
+    """Per-item figures of Integrated Gradients: the clean `score` and the completeness error
+    `convergence_delta = sum IG - (T(x) - T(x'))` (before the ROI zeroes the map outside)."""
+
+    convergence_delta: float
+
+
 class IntegratedGradients(Explainer):
     """`IG(x) = (x - x') * integral_0^1 dT(x' + a (x - x'))/dx da`, signed, on the input grid.
 
@@ -108,10 +131,18 @@ class IntegratedGradients(Explainer):
     """
 
     name = "integrated_gradients"
+    summary = "Integrated Gradients (Sundararajan et al. 2017): path integral of the gradient from a baseline"
 
     def __init__(
         self, model, baselines: float | torch.Tensor | np.ndarray = 0.0, n_steps: int = 50, method: str = "gausslegendre"
     ) -> None:
+        """
+        Args:
+            model: a `SegModel` or a network.
+            baselines: the baseline x', a number or an array broadcasting to the inputs.
+            n_steps: integration points.
+            method: the integration rule (`RULES`, Captum's names).
+        """
         super().__init__(model)
         self.alphas, self.weights = integration_rule(method, n_steps)
         if not is_number(baselines) and not isinstance(baselines, (torch.Tensor, np.ndarray)):
@@ -129,10 +160,13 @@ class IntegratedGradients(Explainer):
         with torch.no_grad():
             output = self.model(x)
             bound = target.bind(output)
-            gain = evaluate(bound, output) - evaluate(bound, self.model(baseline))
+            score = evaluate(bound, output)
+            gain = score - evaluate(bound, self.model(baseline))
         path = self._path_integral(x, baseline, bound, context)
         attribution = (x - baseline) * path
-        self.run_stats["convergence_delta"] = (attribution.flatten(1).sum(1) - gain).tolist()
+        deltas = (attribution.flatten(1).sum(1) - gain).tolist()
+        for item, (clean, delta) in enumerate(zip(score.tolist(), deltas)):
+            context.record(item, IGStats(score=clean, convergence_delta=delta))
         if roi is not None:
             attribution = attribution * roi.to(attribution.device)
         return attribution, target_footprint(bound, x)
@@ -147,7 +181,7 @@ class IntegratedGradients(Explainer):
             alphas = torch.as_tensor(self.alphas[run.start : run.stop], dtype=x.dtype, device=x.device)
             shape = (len(run),) + (1,) * x.dim()
             points = (baseline + alphas.view(shape) * difference).flatten(0, 1)
-            grad, _ = input_gradient(self.model, points, replicate(bound, len(run)), bind_to_self=False)
+            grad = input_gradient(self.model, points, replicate(bound, len(run)), bind_to_self=False).grad
             for step, step_grad in zip(run, grad.view(len(run), *x.shape)):  # in step order, whatever the runs
                 total += float(self.weights[step]) * step_grad
         return total

@@ -1,6 +1,7 @@
 """SmoothGrad (Smilkov et al. 2017) and its NoiseTunnel variants over any gradient method."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -8,10 +9,17 @@ import torch
 from segxai.errors import SegxaiError
 from segxai.methods.base import Context, Explainer, target_footprint
 from segxai.methods.cam import GradCAM, GradCAMpp
-from segxai.methods.gradient import Saliency
+from segxai.methods.gradient import GradientStats, Saliency
 from segxai.methods.integrated import IntegratedGradients, copy_runs, replicate
 from segxai.progress import progress_bar
-from segxai.targets import Target
+from segxai.targets import Target, evaluate
+
+
+@dataclass(frozen=True)
+class SmoothGradStats(GradientStats):
+    """Per-item figures of SmoothGrad: the clean `score` and the noise standard deviation of each channel."""
+
+    noise_sigma: tuple[float, ...]
 
 
 def noise_sigma(x: torch.Tensor, noise: float, relative: bool = True, reference_channel: int | None = None) -> torch.Tensor:
@@ -21,6 +29,15 @@ def noise_sigma(x: torch.Tensor, noise: float, relative: bool = True, reference_
     that item), so modalities with different scales get comparable noise; `reference_channel=k` instead uses
     channel k's range for every channel (the instance-saliency code uses the FLAIR range for both channels).
     With `relative=False`, `noise` is the standard deviation itself, in input units.
+
+    Args:
+        x: the `(B, C, *spatial)` batch.
+        noise: a fraction of the range (`relative`) or a standard deviation, >= 0.
+        relative: read `noise` as a fraction of the intensity range.
+        reference_channel: the channel whose range sets every channel's noise; None for each its own.
+
+    Returns:
+        The standard deviations, `(B, C, 1, ..., 1)`.
     """
     noise = float(noise)
     if not noise >= 0.0:
@@ -65,6 +82,7 @@ class SmoothGrad(Explainer):
     """
 
     name = "smoothgrad"
+    summary = "SmoothGrad / NoiseTunnel (Smilkov et al. 2017): a gradient method averaged over noisy copies"
 
     def __init__(
         self,
@@ -76,6 +94,16 @@ class SmoothGrad(Explainer):
         reference_channel: int | None = None,
         variant: str = "smoothgrad",
     ) -> None:
+        """
+        Args:
+            model: a `SegModel` or a network.
+            base: the wrapped gradient method, by name or as an explainer of the same network.
+            n_samples: noisy copies.
+            noise: noise level, a fraction of the channel range (`relative`) or a standard deviation.
+            relative: read `noise` as a fraction of each channel's (or `reference_channel`'s) range.
+            reference_channel: the channel whose range sets every channel's noise; None for each its own.
+            variant: "smoothgrad", "smoothgrad_sq" or "vargrad".
+        """
         super().__init__(model)
         self.base = self._resolve_base(base)
         self.model = self.base.model
@@ -116,19 +144,22 @@ class SmoothGrad(Explainer):
     def _attribute(self, x: torch.Tensor, target: Target, roi: torch.Tensor | None, context: Context):
         sigma = noise_sigma(x, self.noise, self.relative, self.reference_channel)
         with torch.no_grad():
-            bound = target.bind(self.model(x))
+            output = self.model(x)
+            bound = target.bind(output)
+            scores = evaluate(bound, output).tolist()
+        for item, (score, channels) in enumerate(zip(scores, sigma.flatten(1).tolist())):
+            context.record(item, SmoothGradStats(score=score, noise_sigma=tuple(channels)))
         mean = spread = None
         count = 0
         runs = copy_runs(self.n_samples, x.shape[0], context.batch_size)
         for run in progress_bar(runs, enabled=context.progress, total=len(runs), desc=self.name):
             noise = torch.stack([torch.randn(x.shape, generator=context.generator) for _ in run]).to(x.device)
             noisy = (x + noise * sigma).flatten(0, 1)
-            maps, _ = self.base._attribute(noisy, replicate(bound, len(run)), None, context)
+            maps, _ = self.base._attribute(noisy, replicate(bound, len(run)), None, context.scratch())
             for sample in maps.view(len(run), x.shape[0], *maps.shape[1:]):
                 sample = sample.pow(2) if self.variant == "smoothgrad_sq" else sample
                 count += 1
                 mean, spread = welford(mean, spread, sample, count)
-        self.run_stats["noise_sigma"] = sigma.flatten(1).tolist()
         attribution = spread / count if self.variant == "vargrad" else mean
         if roi is not None:
             attribution = attribution * roi.to(attribution.device)

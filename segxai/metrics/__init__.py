@@ -31,6 +31,7 @@ from segxai.metrics.localization import (
     spatial_map,
 )
 from segxai.metrics.overlap import as_mask, dice, iou
+from segxai.metrics.stability import map_stability
 
 __all__ = [
     "BlockCurve",
@@ -59,6 +60,7 @@ __all__ = [
     "iou",
     "lesion_rates",
     "lesion_types",
+    "map_stability",
     "modality_share",
     "ndsc",
     "peak_saliency",

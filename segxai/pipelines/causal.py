@@ -11,7 +11,9 @@ import torch
 
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
-from segxai.pipelines.explain import load_inputs, model_table, output_format, parse_roi
+from segxai.models.case import Case
+from segxai.pipelines.grammar import RoiSpec, parse_roi
+from segxai.pipelines.options import RunOptions
 from segxai.report.overlay import save_overlay
 
 POOL_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".npy")
@@ -26,110 +28,130 @@ class CausalFiles:
     written: dict[str, Path]
 
 
-def causal_blocks_files(
-    checkpoint: str | Path,
-    images: Sequence[str | Path],
-    region: str,
+def causal_blocks_case(
+    case: Case,
+    region: str | RoiSpec,
     cls: int,
     out_dir: str | Path,
     *,
     pool_dir: str | Path | None = None,
     params: dict[str, Any] | None = None,
-    seed: int = 0,
-    device: str | None = None,
-    progress: bool = True,
-    command: str | None = None,
+    options: RunOptions = RunOptions(),
 ) -> CausalFiles:
-    """Block ATEs on the Dice of class `cls` inside `region` (a CLI ROI spec: `box:...`, `mask:FILE`) against the
-    model's own prediction. Treatments are patches from the images in `pool_dir` (PdCR's pool), or the `fill`
-    in `params` ("zero", "mean", "blur") without a pool."""
+    """Block ATEs on the Dice of class `cls` inside `region` against the model's own prediction, with maps,
+    `blocks.csv`, figures and a report. Treatments are patches from the images in `pool_dir` (PdCR's pool), or
+    the `fill` in `params` ("zero", "mean", "blur") without a pool.
+
+    Args:
+        case: the case with its model.
+        region: an ROI spec of `segxai.pipelines.grammar` (`box:CORNER,SIDE`, `mask:FILE`, ...), not `none`.
+        cls: the class whose Dice is the outcome.
+        out_dir: the output folder.
+        pool_dir: a folder of other images to draw treatment patches from.
+        params: `CausalBlocks` settings (block, draws, screen_draws, fill, ...).
+        options: seed, progress and the command line shown in the report.
+    Returns:
+        The explanation, the block rows and the written paths.
+    """
+    from segxai.io.table import write_csv
     from segxai.methods.perturb.causal_blocks import CausalBlocks, patch_pool
-    from segxai.metrics import write_csv
     from segxai.report.causal_plots import save_causal_figures
     from segxai.targets import RegionDice
 
-    out, model, config, image, x = load_inputs(checkpoint, images, out_dir, device, [pool_dir] if pool_dir else [])
-    mask = _region(region, image, model, x)
+    out = _output_dir(out_dir, case, pool_dir)
+    mask = _region(region, case, cls)
     params = dict(params or {})
     if pool_dir is not None:
-        params["pool"] = patch_pool(_pool_images(pool_dir, config, image), params.get("block", 8), seed=seed)
+        params["pool"] = patch_pool(_pool_images(pool_dir, case), params.get("block", 8), seed=options.seed)
     elif params.get("fill", "pool") == "pool":
         raise SegxaiError("causal blocks need --pool DIR (images to draw treatment patches from) or --param fill=zero")
     try:
-        method = CausalBlocks(model, **params)
+        method = CausalBlocks(case.segmenter, **params)
     except TypeError as error:
         raise SegxaiError(f"bad setting for causal blocks: {error}") from None
-    explanation = method.explain(x[0], RegionDice(cls, region=mask), seed=seed, progress=progress)
-    explanation.stats.update(checkpoint=str(checkpoint), images=[str(p) for p in images])
-    _, like = output_format(image)
+    explanation = method.explain(case.inputs, RegionDice(cls, region=mask), seed=options.seed,
+                                 progress=options.progress)
+    explanation.stats.update(checkpoint=str(case.model.path), images=[str(p) for p in case.image_files])
+    _, like = case.map_format
     written = explanation.save(out, like=like, name="ate", channel_names=["all"], overlay=save_overlay)
     blocks = explanation.stats.get("blocks", [])
     written["blocks_csv"] = write_csv(blocks, out / "blocks.csv")
     figures = save_causal_figures(explanation, out)
     written.update({f"{key}_figure": path for key, path in figures.items()})
-    written["report"] = _blocks_report(out, explanation, figures, config, command)
+    written["report"] = _blocks_report(out, explanation, figures, case, options.command)
     return CausalFiles(explanation, blocks, written)
 
 
-def component_files(
-    checkpoint: str | Path,
-    images: Sequence[str | Path],
-    region: str,
+def components_case(
+    case: Case,
+    region: str | RoiSpec,
     cls: int,
     layers: Sequence[str],
     out_dir: str | Path,
     *,
     donors_dir: str | Path | None = None,
     params: dict[str, Any] | None = None,
-    seed: int = 0,
-    device: str | None = None,
-    progress: bool = True,
-    command: str | None = None,
+    options: RunOptions = RunOptions(),
 ) -> CausalFiles:
     """Effects of the named `layers` (and their channels with `params["unit"] = "channel"`) on the Dice of `cls`
-    inside `region`, by resample ablation from the images in `donors_dir` (or mean/zero ablation)."""
+    inside `region`, by resample ablation from the images in `donors_dir` (or mean/zero ablation), with
+    `components.csv` and a report.
+
+    Args:
+        case: the case with its model.
+        region: an ROI spec of `segxai.pipelines.grammar`, not `none`.
+        cls: the class whose Dice is the outcome.
+        layers: dotted module names of the network.
+        out_dir: the output folder.
+        donors_dir: a folder of other images on the case's grid (resample ablation).
+        params: `ComponentEffects` settings (draws, unit, intervention, ...).
+        options: seed, progress and the command line shown in the report.
+    Returns:
+        The component rows and the written paths.
+    """
     from segxai.methods.components import ComponentEffects
     from segxai.report import Section, write_report
     from segxai.targets import RegionDice
 
-    out, model, config, image, x = load_inputs(checkpoint, images, out_dir, device, [donors_dir] if donors_dir else [])
-    mask = _region(region, image, model, x)
+    out = _output_dir(out_dir, case, donors_dir)
+    mask = _region(region, case, cls)
     donors = None
     if donors_dir is not None:
-        donors = np.stack([_same_grid(d, image, path) for path, d in _read_folder(donors_dir, config)])
+        donors = np.stack([_same_grid(d, case, path) for path, d in _read_folder(donors_dir, case)])
     try:
-        effects = ComponentEffects(model, list(layers), progress=progress, **(params or {}))
+        effects = ComponentEffects(case.segmenter, list(layers), **(params or {}))
     except TypeError as error:
         raise SegxaiError(f"bad setting for component effects: {error}") from None
-    report = effects.estimate(x[0], RegionDice(cls, region=mask), donors=donors, seed=seed)
+    report = effects.explain(case.inputs, RegionDice(cls, region=mask), donors=donors, seed=options.seed,
+                             progress=options.progress)
     rows = report.rows()
     written = {"components_csv": report.write_csv(out / "components.csv")}
     text = (f"Effect = mean over draws of Dice(intervened) - Dice(clean) inside the region, {report.intervention} "
             f"ablation, clean Dice {report.base:.3f}; negative = the component supports the segmentation. "
-            f"{report.forward_passes} forward passes in {report.seconds:.1f} s.")
+            f"{report.cost.forward_passes} forward passes in {report.cost.seconds:.1f} s.")
     sections = [Section("Component effects (ranked by |effect|)", text=text, table=rows),
-                Section("Model", table=model_table(config))]
+                Section("Model", table=case.model.class_rows())]
     written["report"] = write_report(out / "report.html", "Causal effects of network components", sections,
-                                     command=command)
+                                     command=options.command)
     return CausalFiles(None, rows, written)
 
 
-def _region(spec: str, image: Any, model: Any, x: torch.Tensor) -> torch.Tensor:
-    """The target region from a CLI ROI spec; `box:i,j,S` (a corner and one side, PdCR's square region) too."""
-    kind, _, rest = spec.partition(":")
-    if kind == "box" and ":" not in rest:
-        values = [int(v) for v in rest.split(",") if v.strip()]
-        if len(values) != image.spatial_dims + 1:
-            raise SegxaiError(f"region {spec!r}: give box:CORNER,SIDE (e.g. box:64,80,32) or box:START:SIZE")
-        spec = f"box:{','.join(map(str, values[:-1]))}:{','.join([str(values[-1])] * image.spatial_dims)}"
-    mask = parse_roi(spec, image, model, x[0])
+def _output_dir(out_dir: str | Path, case: Case, folder: str | Path | None) -> Path:
+    from segxai.io import prepare_output_dir
+
+    return prepare_output_dir(out_dir, [*case.files, *([folder] if folder is not None else [])])
+
+
+def _region(spec: str | RoiSpec, case: Case, cls: int) -> torch.Tensor:
+    """The outcome region: an ROI spec that selects at least one voxel."""
+    mask = (parse_roi(spec) if isinstance(spec, str) else spec).resolve(case, cls)
     if mask is None or not bool(mask.any()):
         raise SegxaiError(f"region {spec!r} selects no voxel")
     return mask
 
 
-def _read_folder(folder: str | Path, config: dict) -> list[tuple[Path, np.ndarray]]:
-    """Every image file in `folder`, normalised like the model's input."""
+def _read_folder(folder: str | Path, case: Case) -> list[tuple[Path, np.ndarray]]:
+    """Every image file in `folder`, normalised like the case's model input."""
     from segxai.io import load_image
     from segxai.preprocess import normalize_intensity
 
@@ -139,11 +161,13 @@ def _read_folder(folder: str | Path, config: dict) -> list[tuple[Path, np.ndarra
     paths = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(POOL_SUFFIXES))
     if not paths:
         raise SegxaiError(f"{folder} holds no image ({', '.join(POOL_SUFFIXES)})")
-    return [(p, normalize_intensity(load_image(p).array, config.get("intensity"))) for p in paths]
+    intensity = case.model.config.get("intensity")
+    return [(p, normalize_intensity(load_image(p).array, intensity)) for p in paths]
 
 
-def _pool_images(folder: str | Path, config: dict, image: Any) -> list[np.ndarray]:
-    images = [array for _, array in _read_folder(folder, config)]
+def _pool_images(folder: str | Path, case: Case) -> list[np.ndarray]:
+    image = case.image
+    images = [array for _, array in _read_folder(folder, case)]
     channels = image.array.shape[0]
     wrong = [a.shape for a in images if a.shape[0] != channels or a.ndim != image.array.ndim]
     if wrong:
@@ -152,13 +176,13 @@ def _pool_images(folder: str | Path, config: dict, image: Any) -> list[np.ndarra
     return images
 
 
-def _same_grid(array: np.ndarray, image: Any, path: Path) -> np.ndarray:
-    if array.shape != image.array.shape:
-        raise SegxaiError(f"donor {path.name} has shape {array.shape}; donors must match the image {image.array.shape}")
+def _same_grid(array: np.ndarray, case: Case, path: Path) -> np.ndarray:
+    if array.shape != case.image.array.shape:
+        raise SegxaiError(f"donor {path.name} has shape {array.shape}; donors must match the image {case.image.array.shape}")
     return array
 
 
-def _blocks_report(out: Path, explanation: Explanation, figures: dict[str, Path], config: dict,
+def _blocks_report(out: Path, explanation: Explanation, figures: dict[str, Path], case: Case,
                    command: str | None) -> Path:
     from segxai.report import Figure, Section, write_report
 
@@ -175,7 +199,7 @@ def _blocks_report(out: Path, explanation: Explanation, figures: dict[str, Path]
             Figure(figures["overlay"].name, "ATE map"), Figure(figures["pie"].name, "blocks by sign"),
             Figure(figures["bar"].name, "colour scale")], table=[{**summary, **counts}]),
         Section("Histogram of block ATEs", table=_histogram_rows(stats.get("histogram"))),
-        Section("Model", table=model_table(config)),
+        Section("Model", table=case.model.class_rows()),
     ]
     return write_report(out / "report.html", "Causal explanation: block treatment effects", sections, command=command)
 

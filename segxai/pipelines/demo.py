@@ -13,9 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from segxai.pipelines.causal import causal_blocks_files
-from segxai.pipelines.evaluate import evaluate_files
-from segxai.pipelines.explain import FileExplanation, InstanceFileExplanation, explain_files, explain_instance_files
+from segxai.models.case import load_case, load_model
+from segxai.pipelines.causal import causal_blocks_case
+from segxai.pipelines.evaluate import evaluate_case
+from segxai.pipelines.explain import FileExplanation, explain_case
+from segxai.pipelines.instances import InstanceFileExplanation, explain_instances_case
+from segxai.pipelines.options import RunOptions
 
 SHAPES = {"abdomen": (64, 64, 32), "brain": (48, 48, 48)}
 TRAIN_STEPS = {"abdomen": 300, "brain": 300}
@@ -98,23 +101,24 @@ def run_demo(out_dir: str | Path = "demo_out", cache_dir: str | Path = ".segxai-
     brain = brain_phantom(shapes["brain"], seed=CASE_SEED)
     brain_files = write_case(out / "scans" / "brain", brain.image, list(brain.channel_names), (1.0, 1.0, 1.0))
 
+    options = RunOptions(progress=progress, command=_command(out))
+    abdomen_model = load_model(abdomen_ckpt)
+    ct = load_case(ct_files, reference=labels_file, model=abdomen_model)
     runs: list[tuple[str, FileExplanation]] = []
     for method in DEMO_METHODS:
         for organ in DEMO_ORGANS:
-            cls = abdomen.label_of(organ)
-            runs.append((f"{method}: {organ} (abdominal CT phantom)", explain_files(
-                abdomen_ckpt, ct_files, f"class:{cls}", out / f"{method}_{organ}", method=method,
-                progress=progress, title=f"{method} of the {organ}", command=_command(out))))
+            runs.append((f"{method}: {organ} (abdominal CT phantom)", explain_case(
+                ct, f"class:{abdomen.label_of(organ)}", out / f"{method}_{organ}", method=method,
+                title=f"{method} of the {organ}", options=options)))
     lesions_file = write_case(out / "scans" / "brain", brain.labels[None].astype(np.uint8), ["lesions"], (1.0, 1.0, 1.0))[0]
-    lesions = explain_instance_files(
-        brain_ckpt, brain_files, 1, out / "lesions", method="smoothgrad", reference=lesions_file,
-        params=LESION_PARAMS, progress=progress, title="Instance SmoothGrad of every lesion", command=_command(out))
+    lesions = explain_instances_case(
+        load_case(brain_files, reference=lesions_file, model=brain_ckpt), 1, out / "lesions", method="smoothgrad",
+        params=LESION_PARAMS, title="Instance SmoothGrad of every lesion", options=options)
 
     localizer = cached_localizer(shapes["abdomen"], abdomen_config.get("intensity"), cache, progress)
-    comparison = evaluate_files(
-        abdomen_ckpt, ct_files, labels_file, abdomen.label_of(COMPARISON_ORGAN), out / "roi_comparison",
-        methods=list(COMPARISON_PARAMS), params=COMPARISON_PARAMS, text=f"{COMPARISON_PROMPT}@{localizer}",
-        progress=progress)
+    comparison = evaluate_case(
+        ct, abdomen.label_of(COMPARISON_ORGAN), out / "roi_comparison", methods=list(COMPARISON_PARAMS),
+        params=COMPARISON_PARAMS, text=f"{COMPARISON_PROMPT}@{localizer}", options=options)
 
     kidney = abdomen.label_of(COMPARISON_ORGAN)
     kidney_file = write_case(out / "scans" / "abdomen", (abdomen.labels == kidney)[None].astype(np.uint8),
@@ -122,21 +126,21 @@ def run_demo(out_dir: str | Path = "demo_out", cache_dir: str | Path = ".segxai-
     pool = out / "scans" / "other_abdomens"
     for i in range(CAUSAL_POOL_CASES):
         write_case(pool, abdomen_phantom(shapes["abdomen"], seed=CASE_SEED + 1 + i).image, [f"ct{i}"], ABDOMEN_SPACING)
-    causal = causal_blocks_files(abdomen_ckpt, ct_files, f"mask:{kidney_file}", kidney, out / "causal_blocks",
-                                 pool_dir=pool, params=CAUSAL_PARAMS, progress=progress, command=_command(out))
+    causal = causal_blocks_case(ct, f"mask:{kidney_file}", kidney, out / "causal_blocks", pool_dir=pool,
+                                params=CAUSAL_PARAMS, options=options)
 
     sections = [Section("Reference models", text=(
         "Tiny MONAI U-Nets trained on seeded phantoms (cached in the cache directory). Dice is measured on "
         "held-out phantoms."), table=_model_rows({"abdomen": abdomen_config, "brain": brain_config}))]
     for title, run in runs:
-        stats = run.explanation.stats
+        stats, cost = run.explanation.stats, run.explanation.cost
         overlay = next(p for k, p in run.written.items() if k.endswith("_overlay"))
         sections.append(Section(
             title,
             text=f"Target: {description_text(stats['target'])}. Maps are signed and unnormalised (red raises the score, blue lowers it).",
             figures=[Figure(str(overlay.relative_to(out)), "attribution summed over channels; target outlined")],
-            table=[{"forward passes": stats["forward_passes"], "backward passes": stats["backward_passes"],
-                    "seconds": stats["seconds"], "peak memory (MB)": stats["peak_memory_bytes"] / 2**20,
+            table=[{"forward passes": cost.forward_passes, "backward passes": cost.backward_passes,
+                    "seconds": cost.seconds, "peak memory (MB)": cost.peak_memory_bytes / 2**20,
                     **{f"share {k}": v for k, v in run.modality_share.items()},
                     "outputs": str(run.written["report"].parent.relative_to(out))}],
         ))
@@ -162,7 +166,7 @@ def run_demo(out_dir: str | Path = "demo_out", cache_dir: str | Path = ".segxai-
 def _lesion_section(lesions: InstanceFileExplanation, out: Path, true_lesions: int) -> Any:
     from segxai.report import Figure, Section
 
-    stats = lesions.explanations[0].stats
+    stats, cost = lesions.explanations[0].stats, lesions.explanations.cost
     counts = {kind: sum(row["type"] == kind for row in lesions.rows) for kind in ("TP", "FP", "FN")}
     folder = lesions.written["report"].parent.relative_to(out)
     return Section(
@@ -170,8 +174,8 @@ def _lesion_section(lesions: InstanceFileExplanation, out: Path, true_lesions: i
         text=(f"Each predicted lesion is explained by itself (its summed lesion logit), typed against the phantom's "
               f"lesion mask: {counts['TP']} TP, {counts['FP']} FP, {counts['FN']} FN (missed lesions are explained "
               f"on their true voxels). The {stats['params']['n_samples']} noisy forward passes are shared by all "
-              f"lesions: {stats['forward_passes']} forward and {stats['backward_passes']} backward passes in "
-              f"{stats['seconds']:.1f} s. Per-lesion maps (NIfTI per modality), instances.csv and the full report "
+              f"lesions: {cost.forward_passes} forward and {cost.backward_passes} backward passes in "
+              f"{cost.seconds:.1f} s. Per-lesion maps (NIfTI per modality), instances.csv and the full report "
               f"are in {folder}/."),
         figures=[Figure(f"{folder}/{lesions.written[key].name}", caption) for key, caption in (
             ("radial_profile_plot", "mean FLAIR saliency by signed distance to the lesion border"),
@@ -186,7 +190,7 @@ def _causal_section(causal: Any, out: Path) -> Any:
     """The PdCR block effects: the signed ATE overlay, the pie of positive/negative/zero blocks and the cost."""
     from segxai.report import Figure, Section
 
-    stats = causal.explanation.stats
+    stats, cost = causal.explanation.stats, causal.explanation.cost
     return Section(
         f"Causal effect of input blocks on the {COMPARISON_ORGAN} Dice (PdCR)",
         text=("Each 8-voxel block around the organ (the organ's own blocks are skipped) is replaced by the same block "
@@ -198,8 +202,8 @@ def _causal_section(causal: Any, out: Path) -> Any:
                  for key, caption in (("overlay_figure", "ATE per block; organ outlined"),
                                       ("pie_figure", "blocks by sign of their effect"))],
         table=[{"blocks screened": stats["screened_blocks"], "blocks estimated": stats["estimated_blocks"],
-                "blocks out of reach": stats["unreachable_blocks"], "forward passes": stats["forward_passes"],
-                "seconds": stats["seconds"], **{f"{k} blocks": v for k, v in stats["block_counts"].items()}}],
+                "blocks out of reach": stats["unreachable_blocks"], "forward passes": cost.forward_passes,
+                "seconds": cost.seconds, **{f"{k} blocks": v for k, v in stats["block_counts"].items()}}],
     )
 
 

@@ -24,7 +24,10 @@ from segxai.metrics import (
     roi_baseline,
     write_csv,
 )
-from segxai.targets import Target
+from segxai.models.case import Case
+from segxai.pipelines.grammar import parse_roi
+from segxai.pipelines.options import RunOptions
+from segxai.targets import Target, parse_target
 
 UNRESTRICTED = "unrestricted"
 
@@ -77,11 +80,11 @@ def compare_restriction(
             explanation = explainer.explain(inputs, target, roi=roi, seed=seed, batch_size=batch_size, progress=progress)
             overlap = explanation_overlap(explanation, mask, threshold=threshold, top_k=top_k)
             roi_seconds = float((extra_seconds or {}).get(variant, 0.0))
-            stats = explanation.stats
+            cost = explanation.cost
             records.append({
-                "method": name, "variant": variant, "seconds": stats["seconds"] + roi_seconds,
-                "roi_seconds": roi_seconds, "forward_passes": stats["forward_passes"],
-                "forward_voxels": stats["forward_voxels"], **overlap,
+                "method": name, "variant": variant, "seconds": cost.seconds + roi_seconds,
+                "roi_seconds": roi_seconds, "forward_passes": cost.forward_passes,
+                "forward_voxels": cost.forward_voxels, **overlap,
             })
     return records
 
@@ -103,10 +106,8 @@ def comparison(records: Sequence[Mapping[str, Any]], rois_per_case: Sequence[Map
     return Comparison(list(records), compare_roi_guided(records), averaged)
 
 
-def evaluate_files(
-    checkpoint: str | Path,
-    images: Sequence[str | Path],
-    mask_file: str | Path,
+def evaluate_case(
+    case: Case,
     label: int,
     out_dir: str | Path,
     *,
@@ -116,40 +117,45 @@ def evaluate_files(
     margin: float = 4.0,
     text: str | None = None,
     threshold: float = 0.5,
-    seed: int = 0,
-    device: str | None = None,
-    progress: bool = True,
+    options: RunOptions = RunOptions(),
 ) -> Comparison:
-    """`segxai evaluate`: compare methods unrestricted vs restricted to the organ `label` of `mask_file` grown by
-    `margin` voxels, and (XAI-CLIP) vs restricted to the ROI a localizer finds from `text` (`PROMPT@LOCALIZER.pt`),
-    grown the same; localisation time is added to the text runs (`roi_seconds`). The default target is the
-    organ's mean class probability over its mask."""
-    from segxai.models.checkpoint import load_checkpoint
-    from segxai.io import load_image, load_mask, prepare_output_dir
-    from segxai.methods import get_method
-    from segxai.preprocess import normalize_intensity
-    from segxai.roi import from_mask
-    from segxai.targets import ClassRegion, parse_target
+    """`segxai evaluate`: compare methods unrestricted vs restricted to the organ `label` of the case's reference
+    grown by `margin` voxels (the ROI `reference:LABEL+MARGIN`), and (XAI-CLIP) vs restricted to the ROI a
+    localizer finds from `text` (`PROMPT@LOCALIZER.pt`, the ROI `text:PROMPT@LOCALIZER.pt+MARGIN`); localisation
+    time is added to the text runs (`roi_seconds`). Tables are written to `out_dir`.
 
-    out = prepare_output_dir(out_dir, [checkpoint, *images, mask_file])
-    model, config = load_checkpoint(checkpoint, device=device)
-    image = load_image(images)
-    organ = load_mask(mask_file, like=image) == label
-    if not organ.any():
-        raise SegxaiError(f"label {label} does not occur in {mask_file}")
-    x, _ = model.prepare(normalize_intensity(image.array, config.get("intensity")))
+    Args:
+        case: the case with its model and the reference label map holding the organ.
+        label: the organ's label in the reference (also its class).
+        out_dir: the output folder.
+        methods: registered method names.
+        params: constructor settings by method name.
+        target: a target spec; default: the organ's mean class probability over its reference voxels.
+        margin: ROI growth in voxels.
+        text: `PROMPT@LOCALIZER.pt`, or None.
+        threshold: binarisation of the min-max-normalised maps for Dice/IoU.
+        options: seed and progress.
+    Returns:
+        The records, the comparison table and the ROI baselines.
+    """
+    from segxai.io import prepare_output_dir
+    from segxai.methods import get_method
+    from segxai.targets import ClassRegion
+
+    out = prepare_output_dir(out_dir, case.files)
+    organ = case.reference_of(label)
+    if organ is None or not bool(organ.any()):
+        raise SegxaiError(f"label {label} does not occur in the reference {case.reference_file}")
     chosen = parse_target(target) if target else ClassRegion(label, organ, score="prob", reduce="mean")
-    explainers = {name: get_method(name, model, **(params or {}).get(name, {})) for name in methods}
-    rois = {"roi": from_mask(organ, margin)}
+    explainers = {name: get_method(name, case.segmenter, **(params or {}).get(name, {})) for name in methods}
+    rois = {"roi": parse_roi(f"reference:{label}+{margin}").resolve(case)}
     localisation = {}
     if text is not None:
-        from segxai.pipelines.explain import text_roi
-
         started = time.perf_counter()
-        rois["text"] = text_roi(text, image, margin)
+        rois["text"] = parse_roi(f"text:{text}+{margin}").resolve(case)
         localisation["text"] = time.perf_counter() - started
-    records = compare_restriction(explainers, x[0], chosen, organ, rois, threshold=threshold, seed=seed,
-                                  progress=progress, extra_seconds=localisation)
+    records = compare_restriction(explainers, case.inputs, chosen, organ, rois, threshold=threshold,
+                                  seed=options.seed, progress=options.progress, extra_seconds=localisation)
     result = comparison(records, [rois], [organ])
     result.save(out)
     return result

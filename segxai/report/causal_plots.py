@@ -1,4 +1,4 @@
-"""The PdCR figures for a causal-blocks explanation (METHODS.md 4.2): the ATE map over the image in red (negative:
+"""The PdCR figures for a causal-blocks explanation (PdCR, arXiv 2602.20511): the ATE map over the image in red (negative:
 the original content supports the segmentation) and blue (positive: it hurts) with the target region marked, a
 pie chart of positive, negative and zero blocks, and a colour bar annotated with the smallest and largest ATE.
 

@@ -1,4 +1,4 @@
-"""Causal blocks (PdCR, METHODS.md section 4): the average treatment effect (ATE) of each input block on a target.
+"""Causal blocks (PdCR, arXiv 2602.20511): the average treatment effect (ATE) of each input block on a target.
 
 A treatment replaces one block of a regular grid (squares in 2D, cubes in 3D) by a fill, by default content
 drawn from other images (`do(x_b := p)`, p from a pool). Its effect is `T(treated) - T(x)`, so a negative ATE
@@ -11,6 +11,7 @@ no forward pass: their effect is exactly zero.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from segxai.errors import SegxaiError
 from segxai.methods.base import Context
 from segxai.methods.perturb import engine
-from segxai.methods.perturb.base import PerturbationMethod
+from segxai.methods.perturb.base import PerturbationMethod, PerturbationStats, crop_figures
 from segxai.methods.perturb.estimators import Estimator
 from segxai.methods.perturb.fills import FILLS, Fill, _sample_seeds, make_fill
 from segxai.methods.perturb.regions import Regions, per_axis
@@ -90,14 +91,16 @@ class BlockEffects(Estimator):
     """Per block: the count, sum and sum of squares of the effects `scale * (T(treated) - T(x))`, and their
     largest magnitude (the screen's test). `result()` paints the ATE map, zero where |ATE| < `tau`."""
 
-    def __init__(self, grid: BlockGrid, reference_score: torch.Tensor, scale: float, tau: float) -> None:
-        self.grid, self.reference, self.scale, self.tau = grid, reference_score, scale, tau
+    relative = True
+
+    def __init__(self, grid: BlockGrid, scale: float, tau: float) -> None:
+        self.grid, self.scale, self.tau = grid, scale, tau
         n = len(grid)
         self.count = torch.zeros(n)
         self.total, self.squares, self.peak = (torch.zeros(n, dtype=torch.float64) for _ in range(3))
 
     def update(self, masks, scores, features) -> None:
-        effects = (self.scale * (scores - self.reference)).detach().double().cpu()
+        effects = (self.scale * scores).detach().double().cpu()
         blocks = features.cpu()
         self.count.index_add_(0, blocks, torch.ones(len(blocks)))
         self.total.index_add_(0, blocks, effects)
@@ -116,7 +119,22 @@ class BlockEffects(Estimator):
         return torch.where(n > 1, variance.clamp_min(0).sqrt() / n.clamp_min(1).sqrt(), torch.zeros_like(n))
 
     def result(self) -> torch.Tensor:
-        return self.grid.paint(self.ate()).to(self.reference.device)
+        return self.grid.paint(self.ate())
+
+
+@dataclass(frozen=True, kw_only=True)
+class CausalBlockStats(PerturbationStats):
+    """Per-item figures of causal blocks: `regions` counts the treatments run; `base_score` is the clean score
+    times `scale`; blocks screened, estimated further and out of reach; the paper's block counts and
+    histogram (see `block_stats`) and one row per candidate block (corner, size, ATE, SE, draws)."""
+
+    base_score: float
+    screened_blocks: int
+    estimated_blocks: int
+    unreachable_blocks: int
+    block_counts: dict[str, int]
+    histogram: dict[str, list]
+    blocks: tuple[dict[str, Any], ...]
 
 
 class CausalBlocks(PerturbationMethod):
@@ -131,10 +149,11 @@ class CausalBlocks(PerturbationMethod):
     (`(P, C, *spatial)`, the block is taken from the same place) or patches of the block's size
     (`(P, C, *block)`, PdCR's patch pool, see `patch_pool`). Deterministic fills ("zero", "mean", "blur", a
     number) get one draw per block (the paper's `zero_local` ablation). The map has one channel; per-block rows
-    (corner, size, ATE, SE, draws) and block statistics go to the explanation's stats.
+    (corner, size, ATE, SE, draws) and block statistics go to each item's `CausalBlockStats`.
     """
 
     name = "causal_blocks"
+    summary = "causal blocks (PdCR): average treatment effect of each input block, screened then estimated"
 
     def __init__(self, model, block: int | Sequence[int] = 8, fill: str | float = "pool",
                  pool: torch.Tensor | None = None, screen_draws: int = 3, draws: int = 50, tau: float = 0.02, scale: float = 100.0, **options) -> None:
@@ -152,18 +171,18 @@ class CausalBlocks(PerturbationMethod):
                 "scale": self.scale, **super().params()}
 
     def _attribute(self, x: torch.Tensor, target: Target, roi: torch.Tensor | None, context: Context):
-        maps, footprints, items = [], [], []
-        for item in x.split(1):
+        maps, footprints = [], []
+        for index, item in enumerate(x.split(1)):
             attribution, footprint, stats = self._explain_item(item, target, roi, context)
             maps.append(attribution[None])
             footprints.append(footprint)
-            items.append(stats)
-        self.run_stats = items[0] if len(items) == 1 else {"items": items}
+            context.record(index, stats)
         footprint = None if any(f is None for f in footprints) else torch.stack(footprints)
         return torch.stack(maps), footprint
 
     def _explain_item(self, item: torch.Tensor, target: Target, roi: torch.Tensor | None, context: Context):
-        """Screen, then estimate, the blocks of one `(1, C, *spatial)` input; returns map, footprint and stats."""
+        """Screen, then estimate, the blocks of one `(1, C, *spatial)` input; returns map, footprint and its
+        `CausalBlockStats`."""
         shape = tuple(item.shape[2:])
         ref = engine.reference(self.model, item, target, roi, self.outside)
         area = torch.ones(shape, dtype=torch.bool) if roi is None else roi
@@ -173,7 +192,7 @@ class CausalBlocks(PerturbationMethod):
         support = ref.target.support(shape)
         candidates = treatable(grid, roi, support)
         screened = torch.nonzero(candidates & grid.touching(reachable)).flatten()
-        effects = BlockEffects(grid, ref.score, self.scale, self.tau)
+        effects = BlockEffects(grid, self.scale, self.tau)
         fill = self._fill(ref, context)
         screen = self.screen_draws if self.random else 1
         self._treat(ref, grid, screened, screen, fill, effects, roi, crop, context, "screen")
@@ -182,10 +201,12 @@ class CausalBlocks(PerturbationMethod):
                     "estimate")
         attribution = effects.result()
         attribution = attribution if roi is None else attribution * roi.to(attribution.device)
-        stats = block_stats(effects, candidates, self.tau)
-        stats.update({"screened_blocks": len(screened), "estimated_blocks": len(estimated),
-                      "unreachable_blocks": int(candidates.sum()) - len(screened), "cropped": crop is not None,
-                      "base_score": float(self.scale * ref.score[0]), **({} if crop is None else crop.stats)})
+        stats = CausalBlockStats(
+            score=float(ref.score[0]), regions=len(screened) * screen + len(estimated) * (self.draws - screen),
+            **crop_figures(crop), **block_stats(effects, candidates, self.tau),
+            base_score=float(self.scale * ref.score[0]),
+            screened_blocks=len(screened), estimated_blocks=len(estimated),
+            unreachable_blocks=int(candidates.sum()) - len(screened))
         return attribution, support, stats
 
     def _fill(self, ref: engine.Reference, context: Context) -> Fill:
@@ -224,7 +245,7 @@ def block_stats(effects: BlockEffects, candidates: torch.Tensor, tau: float) -> 
             for i, a, e in zip(torch.nonzero(candidates).flatten().tolist(), ate, se)]
     return {"block_counts": {"positive": int((ate > 0).sum()), "negative": int((ate < 0).sum()),
                              "zero": int((ate == 0).sum())},
-            "histogram": {"edges": edges, "counts": counts.tolist()}, "blocks": rows}
+            "histogram": {"edges": edges, "counts": counts.tolist()}, "blocks": tuple(rows)}
 
 
 def patch_fill(x: torch.Tensor, patches: torch.Tensor, block: tuple[int, ...], generator: torch.Generator) -> Fill:
@@ -248,7 +269,17 @@ def patch_fill(x: torch.Tensor, patches: torch.Tensor, block: tuple[int, ...], g
 def patch_pool(images: Sequence[np.ndarray | torch.Tensor], block: int | Sequence[int], per_image: int = 100,
                seed: int = 0) -> torch.Tensor:
     """PdCR's pool: `per_image` random grid-aligned blocks (with replacement when an image has fewer) cut from
-    each `(C, *spatial)` image (other images than the one explained, normalised like the model's input)."""
+    each `(C, *spatial)` image (other images than the one explained, normalised like the model's input).
+
+    Args:
+        images: `(C, *spatial)` images.
+        block: the block size, an int or one per spatial axis.
+        per_image: blocks cut from each image.
+        seed: seeds the choice of blocks.
+
+    Returns:
+        The patches, `(len(images) * per_image, C, *block)`, for `CausalBlocks(fill="pool", pool=...)`.
+    """
     if not images or per_image < 1:
         raise SegxaiError(f"patch_pool needs at least one image and per_image >= 1 (got {len(images)}, {per_image})")
     rng = np.random.default_rng(seed)

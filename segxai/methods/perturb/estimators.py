@@ -4,9 +4,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from segxai.errors import SegxaiError
+from segxai.methods.perturb.surrogate import Kernel, LinearFit, Surrogate
+
 
 class Estimator:
-    """Base class: `update(masks, scores, features)` per batch, then `result()` -> `(*spatial)` map."""
+    """Base class: `update(masks, scores, features)` per batch, then `result()` -> `(*spatial)` map.
+
+    A `relative` estimator receives effects, `T(perturbed) - T(clean)` with the clean score from the same batch
+    (exactly 0 for a perturbation without effect), instead of the scores themselves."""
+
+    relative = False
 
     def update(self, masks: torch.Tensor, scores: torch.Tensor, features: torch.Tensor | None) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -18,13 +26,14 @@ class Estimator:
 class Difference(Estimator):
     """Occlusion: each voxel gets the mean score drop `T(x) - T(x_k)` over the regions k that cover it."""
 
-    def __init__(self, reference_score: torch.Tensor) -> None:
-        self.reference = reference_score
+    relative = True
+
+    def __init__(self) -> None:
         self.total: torch.Tensor | None = None
         self.count: torch.Tensor | None = None
 
     def update(self, masks, scores, features) -> None:
-        weighted = torch.einsum("n,n...->...", (self.reference - scores).float(), masks)
+        weighted = torch.einsum("n,n...->...", -scores.float(), masks)
         covered = masks.sum(0)
         self.total = weighted if self.total is None else self.total + weighted
         self.count = covered if self.count is None else self.count + covered
@@ -56,40 +65,30 @@ class WeightedSum(Estimator):
         return self.total / (self.n * self.p) * self.perturbed
 
 
-class WeightedRidge(Estimator):
-    """LIME: a Ridge regression of the scores on the samples' on/off features, each sample weighted by
-    `sqrt(exp(-d^2 / kernel_width^2))` with d its cosine distance to the all-on sample. Superpixel
-    `feature_ids[j]` gets coefficient j on its voxels; `intercept` and the weighted R^2 `score` are kept."""
+class SurrogateFit(Estimator):
+    """LIME and KernelSHAP: `surrogate` fits the scores on the samples' on/off features, each sample weighted
+    by `kernel` (see `segxai.methods.perturb.surrogate`). Superpixel `feature_ids[j]` gets coefficient j on its
+    voxels; the `fit` (coefficients, intercept, weighted R^2) is kept for the item's figures."""
 
-    def __init__(self, segments: torch.Tensor, feature_ids: torch.Tensor, kernel_width: float = 0.25,
-                 alpha: float = 1.0) -> None:
+    def __init__(self, segments: torch.Tensor, feature_ids: torch.Tensor, kernel: Kernel, surrogate: Surrogate) -> None:
         self.segments, self.feature_ids = segments, torch.as_tensor(feature_ids)
-        self.kernel_width, self.alpha = float(kernel_width), float(alpha)
+        self.kernel, self.surrogate = kernel, surrogate
         self.z: list[torch.Tensor] = []
         self.scores: list[torch.Tensor] = []
-        self.intercept: float | None = None
-        self.score: float | None = None
+        self.fit: LinearFit | None = None
 
     def update(self, masks, scores, features) -> None:
         self.z.append(features.detach().cpu())
         self.scores.append(scores.detach().float().cpu())
 
     def result(self) -> torch.Tensor:
-        # Imported on first use: scikit-learn takes most of a second to import.
-        from sklearn.linear_model import Ridge
-
         z = torch.cat(self.z).double().numpy()
         y = torch.cat(self.scores).double().numpy()
-        weights = np.sqrt(np.exp(-cosine_to_ones(z) ** 2 / self.kernel_width**2))
-        ridge = Ridge(alpha=self.alpha).fit(z, y, sample_weight=weights)
-        self.intercept, self.score = float(ridge.intercept_), float(ridge.score(z, y, sample_weight=weights))
+        weights = np.asarray(self.kernel(z), dtype=np.float64)
+        if weights.shape != y.shape or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+            raise SegxaiError(f"the kernel must give one finite, non-negative weight per sample ({len(y)}), "
+                              "not all zero")
+        self.fit = self.surrogate.fit(z, y, weights)
         coefficients = np.zeros(int(self.segments.max()) + 1, dtype=np.float32)
-        coefficients[self.feature_ids.cpu().numpy()] = ridge.coef_
+        coefficients[self.feature_ids.cpu().numpy()] = self.fit.coefficients
         return torch.from_numpy(coefficients).to(self.segments.device)[self.segments]
-
-
-def cosine_to_ones(z: np.ndarray) -> np.ndarray:
-    """Cosine distance of each row of `z` to the all-ones vector (1 for an all-zero row, as scikit-learn does)."""
-    norms = np.linalg.norm(z, axis=1) * np.sqrt(z.shape[1])
-    similarity = np.divide(z.sum(axis=1), norms, out=np.zeros(len(z)), where=norms > 0)
-    return 1.0 - similarity

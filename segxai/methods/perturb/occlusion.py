@@ -9,10 +9,18 @@ from segxai.methods.perturb.regions import SlidingWindows
 
 
 class Occlusion(PerturbationMethod):
-    """Slide a `window` every `stride` voxels (ints or per-axis tuples), replace it with the fill, and give each
-    voxel the mean score drop over the windows covering it. With an ROI only windows touching it are run."""
+    """Slide a window, replace it with the fill, and give each voxel the mean score drop over the windows
+    covering it. With an ROI only windows touching it are run.
+
+    Args:
+        model: a `SegModel` or a network.
+        window: window size, an int or one per spatial axis.
+        stride: step between windows, an int or one per spatial axis.
+        **options: the shared perturbation settings (`fill`, `outside`, `crop`, `pool`).
+    """
 
     name = "occlusion"
+    summary = "occlusion (Zeiler & Fergus 2014): score drop when a sliding window is filled"
 
     def __init__(self, model, window: int | Sequence[int] = 8, stride: int | Sequence[int] = 8, **options) -> None:
         super().__init__(model, **options)
@@ -25,4 +33,4 @@ class Occlusion(PerturbationMethod):
         return SlidingWindows(shape, self.window, self.stride, roi)
 
     def _estimator(self, ref, regions):
-        return Difference(ref.score)
+        return Difference()

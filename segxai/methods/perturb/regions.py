@@ -6,7 +6,7 @@ all in memory. With an ROI, only regions touching it are generated (the XAI-CLIP
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -107,20 +107,23 @@ class RiseMasks(Regions):
 
 
 class SuperpixelSamples(Regions):
-    """LIME samples: random on/off states `z` of superpixels, sample 0 all on; a mask is the union of the "off"
-    superpixels. The features are all superpixels or, with `roi`, those with at least `min_overlap` of their
-    voxels inside it (XAI-CLIP); the others stay on. Draws (P(on) = 0.5) come from `generator`."""
+    """LIME samples: on/off states `z` of superpixels drawn by `sampler` (`(n, M, generator) -> (n, M)` bool,
+    e.g. `segxai.methods.perturb.surrogate.UniformSampler`); a mask is the union of the "off" superpixels. The
+    features are all superpixels or, with `roi`, those with at least `min_overlap` of their voxels inside it
+    (XAI-CLIP); the others stay on. Every draw comes from `generator`."""
 
-    def __init__(self, segments: torch.Tensor | np.ndarray, n_samples: int, *, generator: torch.Generator,
-                 roi: torch.Tensor | None = None, min_overlap: float = 0.1) -> None:
+    def __init__(self, segments: torch.Tensor | np.ndarray, n_samples: int, *, sampler: Callable,
+                 generator: torch.Generator, roi: torch.Tensor | None = None, min_overlap: float = 0.1) -> None:
         if n_samples < 2 or not 0 < min_overlap <= 1:
             raise SegxaiError(f"LIME needs n_samples >= 2 and 0 < min_overlap <= 1 (got {n_samples}, {min_overlap})")
         self.segments = torch.as_tensor(segments, dtype=torch.long).cpu()
         self.shape = tuple(self.segments.shape)
         self.n_segments = int(self.segments.max()) + 1
         self.feature_ids = self._select(roi, float(min_overlap))
-        self.z = torch.randint(0, 2, (int(n_samples), len(self.feature_ids)), generator=generator).bool()
-        self.z[0] = True
+        self.z = torch.as_tensor(sampler(int(n_samples), len(self.feature_ids), generator)).bool().cpu()
+        if self.z.shape != (int(n_samples), len(self.feature_ids)):
+            raise SegxaiError(f"the sampler gave states of shape {tuple(self.z.shape)}, not (n_samples, features) = "
+                              f"{(int(n_samples), len(self.feature_ids))}")
 
     def _select(self, roi: torch.Tensor | None, min_overlap: float) -> torch.Tensor:
         """The superpixel ids used as features (all, or those overlapping the ROI enough)."""

@@ -9,10 +9,19 @@ from segxai.methods.perturb.regions import RiseMasks
 
 
 class RISE(PerturbationMethod):
-    """Score `n_masks` random smooth masks (a `grid`^d of cells kept with probability `p`, randomly shifted) and
-    weight each mask by its score: `S = sum_i T(x_i) M_i / (N p)`. With an ROI the masks live on the ROI's box."""
+    """Score random smooth masks and weight each mask by its score: `S = sum_i T(x_i) M_i / (N p)`. With an
+    ROI the masks live on the ROI's bounding box.
+
+    Args:
+        model: a `SegModel` or a network.
+        n_masks: number of masks N.
+        grid: cells per axis of each mask's random binary grid (upsampled and randomly shifted).
+        p: probability that a cell is kept.
+        **options: the shared perturbation settings (`fill`, `outside`, `crop`, `pool`).
+    """
 
     name = "rise"
+    summary = "RISE (Petsiuk et al. 2018): random smooth masks weighted by the target's score"
 
     def __init__(self, model, n_masks: int = 2000, grid: int = 7, p: float = 0.5, **options) -> None:
         super().__init__(model, **options)

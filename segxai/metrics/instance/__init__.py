@@ -1,4 +1,4 @@
-"""Quantitative instance-level statistics (METHODS §3.7, §0.4): saliency per lesion (modality share, radial
+"""Quantitative instance-level statistics (Spagnolo et al., instance-level quantitative saliency): saliency per lesion (modality share, radial
 profile, rings, peak), lesion-wise detection scores, statistical tests between lesion types, the perilesional
 context experiment and the per-instance table. Everything works on one image's arrays in 2D and 3D."""
 from segxai.instances import Lesion, LesionType, LesionTypes, lesion_types

@@ -1,4 +1,4 @@
-"""Lesion-wise detection scores: TPR/FDR/FNR over typed instances and the normalised Dice (METHODS §0.4)."""
+"""Lesion-wise detection scores: TPR/FDR/FNR over typed instances and the normalised Dice (Raina et al.; as in Spagnolo et al.)."""
 from __future__ import annotations
 
 from segxai.errors import SegxaiError
@@ -18,7 +18,7 @@ def lesion_rates(
 
 
 def ndsc(prediction: MaskLike, reference: MaskLike, *, r: float = REFERENCE_RATE) -> float:
-    """Normalised Dice `2TP / (2TP + k·FP + FN)` with `k = (1 - r)|G| / (r (N - |G|))` (METHODS §0.4).
+    """Normalised Dice `2TP / (2TP + k·FP + FN)` with `k = (1 - r)|G| / (r (N - |G|))` (Raina et al.; as in Spagnolo et al.).
 
     It rescales false positives as if the reference filled a fraction `r` of the grid, so scores compare across
     lesion loads; it equals Dice when |G|/N = r. Both masks empty score 1; k = 1 when the reference is empty.

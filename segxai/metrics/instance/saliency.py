@@ -1,4 +1,4 @@
-"""Instance saliency statistics (METHODS §3.7): which modality a lesion's explanation uses, how saliency falls
+"""Instance saliency statistics (Spagnolo et al., instance-level quantitative saliency): which modality a lesion's explanation uses, how saliency falls
 off across the lesion border (signed distance, radial profile, rings) and its peak around the lesion.
 
 A saliency map is `(*spatial)` or `(C, *spatial)` on the lesion mask's grid; a leading channel axis is kept in the
@@ -163,7 +163,7 @@ def radial_profile(
     step: float = 1.0,
     spacing: Sequence[float] | None = None,
 ) -> RadialProfile:
-    """Mean saliency in shells of signed distance to the lesion border (METHODS §3.7.2).
+    """Mean saliency in shells of signed distance to the lesion border (Spagnolo et al., instance-level quantitative saliency).
 
     Bin j holds the voxels with signed distance in [(j - 1/2) step, (j + 1/2) step) and is centred at j·step:
     negative inside, positive outside. Voxels farther out than `max_distance` or deeper than `max_depth`
@@ -220,7 +220,7 @@ def peak_saliency(
     absolute: bool = False,
     connectivity: int | None = None,
 ) -> Any:
-    """The peak (max) saliency over the lesion dilated `margin` times (METHODS §3.7.3 and §3.9.4, default 3).
+    """The peak (max) saliency over the lesion dilated `margin` times (default 3, as in Spagnolo et al., instance-level quantitative saliency).
 
     With `absolute`, the largest |saliency| instead. A float for a spatial map, `(C,)` with channels; the
     paper compares the FLAIR channel's peak between lesion types.

@@ -22,7 +22,7 @@ def compare_groups(
     values_by_type: Mapping[str, Sequence[float]], *, correction: Literal["bonferroni", "holm"] = "bonferroni"
 ) -> dict[str, Any]:
     """Kruskal-Wallis across the groups, then two-sided Mann-Whitney U for every pair with a multiple-testing
-    correction (METHODS §3.7.3: peak saliency of TP, FP and FN lesions).
+    correction (peak saliency of TP, FP and FN lesions, Spagnolo et al., instance-level quantitative saliency).
 
     Empty groups are left out (listed under "groups" are those used); at least two must remain. Returns
     {"groups", "kruskal": {"statistic", "p"}, "pairwise": [{"a", "b", "u", "p", "p_adjusted"}, ...]}.

@@ -1,7 +1,8 @@
-"""Dataset-scale runs (`segxai run CONFIG.yaml`): cases x methods x targets x ROI providers, the evaluation suite
-per explanation, a resumable manifest, summary tables and one HTML report; in-process or on Ray.
+"""Dataset-scale runs (`segxai run CONFIG.yaml`): cases x methods x targets x ROIs, the evaluation suite per
+explanation, a resumable manifest, summary tables and one HTML report; in-process or on Ray.
 
-A configuration (every key checked; relative paths are read from the file's folder)::
+A configuration (validated by the pydantic models of `config`; relative paths are read from the file's folder;
+targets and ROIs use the grammar of `segxai.pipelines.grammar`)::
 
     model: {checkpoint: abdomen.pt, device: cpu}
     dataset:
@@ -11,7 +12,7 @@ A configuration (every key checked; relative paths are read from the file's fold
       modalities: ["*flair*", "*t1*"]   # order of a sub-folder's files (optional)
     methods: [saliency, {name: occlusion, params: {window: 8, stride: 8}}]
     targets: ["class:1", "instance:1:2"]
-    rois: [none, "mask:4", "prediction:4"]
+    rois: [none, "reference+4", "prediction+4"]   # the case's mask / the prediction of the target's class, +4 voxels
     evaluation:
       threshold: 0.5               # binarisation for Dice/IoU
       faithfulness: {steps: 10}    # deletion/insertion; `false` switches a part off

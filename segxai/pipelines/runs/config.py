@@ -1,17 +1,23 @@
-"""The run configuration (`segxai run CONFIG.yaml`): plain dataclasses, validated while reading.
+"""The run configuration (`segxai run CONFIG.yaml`), validated by pydantic models of its sections.
 
-Every key is checked: an unknown key or a bad value raises `SegxaiError` naming it (`evaluation.sanity.steps:
-...`), so a typo never silently falls back to a default. Relative paths are read against the config file's folder.
+Every key is checked: an unknown key, a missing one or a bad value raises one `SegxaiError` naming the key and
+what is allowed (`evaluation.sanity.steps: input should be greater than or equal to 1, not 0`), so a typo never
+silently falls back to a default. Values are not coerced (`seed: "3"` is an error). ROIs and targets use the
+grammar of `segxai.pipelines.grammar`; relative paths are read against the config file's folder.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PlainValidator,
+                      PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator)
 
 from segxai.errors import SegxaiError
+from segxai.pipelines.grammar import EveryInstance, RoiSpec, parse_roi, read_target
 
 LAYOUTS = {
     # layout: (default images folder, default mask pattern); {case} is the case name, {name} the image file name
@@ -23,78 +29,217 @@ LAYOUTS = {
     "flare22": ("imagesTr", "labelsTr/{case}.nii.gz"),
 }
 CHANNEL_SUFFIX_LAYOUTS = ("nnunet", "flare22")
-ROI_KINDS = ("none", "mask", "prediction")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """A segxai checkpoint and the device to run it on."""
-
-    checkpoint: Path
-    device: str | None = None
+def _text(value: Any) -> Any:
+    if isinstance(value, str) and not value:
+        raise ValueError("expected a non-empty string")
+    return value
 
 
-@dataclass(frozen=True)
-class DatasetConfig:
+def _under_base(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base")
+    return value if base is None or value.is_absolute() else Path(base) / value
+
+
+def _roi(value: Any, info: ValidationInfo) -> RoiSpec:
+    """An ROI spec; files it names (masks, localizers) must exist when the configuration is read."""
+    if isinstance(value, RoiSpec):
+        return value
+    spec = parse_roi(value, (info.context or {}).get("base"))
+    if spec.path is not None and not spec.path.is_file():
+        hint = "; the case's own mask is the ROI reference[:CLS][+M]" if spec.kind == "mask" else ""
+        raise ValueError(f"ROI {spec.spec!r}: the file {spec.path} does not exist{hint}")
+    return spec
+
+
+def _target(value: Any) -> str:
+    if isinstance(read_target(value), EveryInstance):
+        raise ValueError(f"{value!r} is for `segxai explain`; a run takes class:, instance: or voxel: targets")
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+FilePath = Annotated[Path, Field(strict=False), BeforeValidator(_text), AfterValidator(_under_base)]
+Count = Annotated[int, Field(ge=1)]
+Roi = Annotated[RoiSpec, PlainValidator(_roi), PlainSerializer(str)]
+
+
+class Section(BaseModel):
+    """Base of every section: frozen, unknown keys refused, values taken as typed (YAML types them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelConfig(Section):
+    """A segxai checkpoint and the device to run it on (`model: abdomen.pt` is short for `{checkpoint: ...}`)."""
+
+    checkpoint: FilePath
+    device: Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        return {"checkpoint": value} if isinstance(value, str) else value
+
+
+class DatasetConfig(Section):
     """A folder of cases: one file per case, or one sub-folder per case (modalities or a DICOM series).
 
     `masks` is a path pattern under `root` with `{case}` (the case name) and `{name}` (the image file name);
-    `modalities` orders the files of a sub-folder case by glob patterns; `include` filters case entries.
+    `modalities` orders the files of a sub-folder case by glob patterns; `include` filters case entries. A
+    `layout` sets the defaults of `images` and `masks`.
     """
 
-    root: Path
-    layout: str = "folder"
-    images: str = "."
-    masks: str | None = None
-    modalities: tuple[str, ...] = ()
-    include: str = "*"
-    limit: int | None = None
+    root: FilePath
+    layout: Literal[tuple(LAYOUTS)] = "folder"
+    images: Text = "."
+    masks: Text | None = None
+    modalities: Annotated[tuple[Text, ...], Field(strict=False)] = ()
+    include: Text = "*"
+    limit: Count | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layout_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or value.get("layout", "folder") not in LAYOUTS:
+            return value
+        images, masks = LAYOUTS[value.get("layout", "folder")]
+        return {"images": images, "masks": masks, **value}
+
+    @field_validator("masks")
+    @classmethod
+    def _mask_pattern(cls, pattern: str | None) -> str | None:
+        if pattern is None:
+            return None
+        if "{case}" not in pattern and "{name}" not in pattern:
+            raise ValueError(f"the pattern {pattern!r} needs {{case}} or {{name}} to tell cases apart")
+        try:
+            pattern.format(case="case", name="name")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"bad pattern {pattern!r} ({error!r}); only {{case}} and {{name}} are filled in") from None
+        return pattern
 
 
-@dataclass(frozen=True)
-class MethodConfig:
-    """One explanation method by its `segxai.methods` name, with constructor parameters."""
+class MethodConfig(Section):
+    """One method by its registered name (`segxai.methods.METHODS`), with constructor parameters."""
 
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
+    name: Text
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from segxai.methods import METHODS
+
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+        return name
+
+    @field_validator("params")
+    @classmethod
+    def _identifiers(cls, params: dict[str, Any]) -> dict[str, Any]:
+        bad = [key for key in params if not key.isidentifier()]
+        if bad:
+            raise ValueError(f"parameter names are identifiers, not {bad[0]!r}")
+        return params
 
 
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """Which parts of the evaluation suite run, and their settings (None switches a part off)."""
+class FaithfulnessConfig(Section):
+    """Deletion and insertion curves of `steps` steps."""
 
-    threshold: float = 0.5
-    pointing_tolerance: float = 0.0
-    faithfulness_steps: int | None = 10
-    sanity_steps: int | None = 3
-    sanity_max_correlation: float = 0.5
-    stability_noise: float | None = 0.05
-    stability_samples: int = 1
+    steps: Count = 10
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class SanityConfig(Section):
+    """Cascading randomisation over `steps` layers; a map passes when its rank correlation to the original is
+    at most `max_correlation`."""
+
+    steps: Count = 3
+    max_correlation: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.5
+
+
+class StabilityConfig(Section):
+    """Similarity of maps under Gaussian input noise of `noise` x the input's sd, over `samples` draws."""
+
+    noise: Annotated[float, Field(ge=0.0)] = 0.05
+    samples: Count = 1
+
+
+class EvaluationConfig(Section):
+    """The evaluation suite: binarisation threshold, pointing-game tolerance, and the parts that run (a part
+    given as `false` is off, `true` or absent runs with its defaults)."""
+
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    pointing_tolerance: Annotated[float, Field(ge=0.0)] = 0.0
+    faithfulness: FaithfulnessConfig | None = FaithfulnessConfig()
+    sanity: SanityConfig | None = SanityConfig()
+    stability: StabilityConfig | None = StabilityConfig()
+
+    @field_validator("faithfulness", "sanity", "stability", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        return {} if value is True else None if value is False else value
+
+
+class ReportConfig(Section):
+    """How many cases the report's grid shows."""
+
+    cases: Annotated[int, Field(ge=0)] = 8
+
+
+class RunConfig(Section):
     """Everything one run needs; `fingerprint` identifies the settings a finished case was computed with."""
 
     model: ModelConfig
     dataset: DatasetConfig
-    methods: tuple[MethodConfig, ...]
-    targets: tuple[str, ...]
-    rois: tuple[str, ...] = ("none",)
+    methods: Annotated[tuple[MethodConfig, ...], Field(strict=False, min_length=1)]
+    targets: Annotated[tuple[Annotated[Text, AfterValidator(_target)], ...], Field(strict=False, min_length=1)]
+    rois: Annotated[tuple[Roi, ...], Field(strict=False, min_length=1)] = (parse_roi("none"),)
     evaluation: EvaluationConfig = EvaluationConfig()
-    out: Path = Path("run_out")
-    seed: int = 0
-    report_cases: int = 8
-    source: dict[str, Any] = field(default_factory=dict, compare=False)
+    out: Annotated[FilePath, Field(validate_default=True)] = Path("run_out")
+    seed: Annotated[int, Field(ge=0)] = 0
+    report: ReportConfig = ReportConfig()
+    _source: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @field_validator("methods", "rois")
+    @classmethod
+    def _once_each(cls, items: tuple) -> tuple:
+        names = [item.name if isinstance(item, MethodConfig) else str(item) for item in items]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each entry may appear once (outputs are kept per entry), got {names}")
+        return items
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> "RunConfig":
+        if self.dataset.masks is None and any(roi.kind == "reference" for roi in self.rois):
+            raise ValueError("the reference ROIs need the cases' masks: set dataset.masks (or a layout that has them)")
+        return self
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """The configuration as it was read (for the report)."""
+        return self._source
 
     @property
     def fingerprint(self) -> str:
-        settings = {k: v for k, v in asdict(self).items() if k not in ("out", "source", "report_cases")}
+        settings = self.model_dump(exclude={"out", "report"})
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML run configuration."""
+    """Read and validate a YAML run configuration.
+
+    Args:
+        path: the YAML file; relative paths in it are read from its folder.
+    Returns:
+        The validated configuration.
+    """
     import yaml
 
     path = Path(path)
@@ -108,180 +253,57 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def parse_config(data: Any, base: str | Path = ".") -> RunConfig:
-    """Validate a configuration mapping (as read from YAML); relative paths are taken from `base`."""
-    base = Path(base)
-    top = _mapping(data, "config", required={"model", "dataset", "methods", "targets"},
-                   optional={"rois", "evaluation", "out", "seed", "report"})
-    report = _mapping(top.get("report", {}), "report", optional={"cases"})
-    return RunConfig(
-        model=_model(top["model"], base),
-        dataset=_dataset(top["dataset"], base),
-        methods=_methods(top["methods"]),
-        targets=_targets(top["targets"]),
-        rois=_rois(top.get("rois", ["none"])),
-        evaluation=_evaluation(top.get("evaluation", {})),
-        out=base / _text(top.get("out", "run_out"), "out"),
-        seed=_int(top.get("seed", 0), "seed", minimum=0),
-        report_cases=_int(report.get("cases", 8), "report.cases", minimum=0),
-        source=dict(data),
-    )
+    """Validate a configuration mapping (as read from YAML); relative paths are taken from `base`.
 
-
-def _model(value: Any, base: Path) -> ModelConfig:
-    if isinstance(value, str):
-        value = {"checkpoint": value}
-    model = _mapping(value, "model", required={"checkpoint"}, optional={"device"})
-    device = model.get("device")
-    return ModelConfig(base / _text(model["checkpoint"], "model.checkpoint"),
-                       None if device is None else _text(device, "model.device"))
-
-
-def _dataset(value: Any, base: Path) -> DatasetConfig:
-    data = _mapping(value, "dataset", required={"root"},
-                    optional={"layout", "images", "masks", "modalities", "include", "limit"})
-    layout = _text(data.get("layout", "folder"), "dataset.layout")
-    if layout not in LAYOUTS:
-        raise SegxaiError(f"dataset.layout: unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    images, masks = LAYOUTS[layout]
-    masks = data.get("masks", masks)
-    if masks is not None:
-        _mask_pattern(_text(masks, "dataset.masks"))
-    modalities = data.get("modalities", [])
-    if not isinstance(modalities, list) or not all(isinstance(m, str) and m for m in modalities):
-        raise SegxaiError(f"dataset.modalities: expected a list of glob patterns, not {modalities!r}")
-    limit = data.get("limit")
-    return DatasetConfig(
-        root=base / _text(data["root"], "dataset.root"), layout=layout,
-        images=_text(data.get("images", images), "dataset.images"), masks=masks, modalities=tuple(modalities),
-        include=_text(data.get("include", "*"), "dataset.include"),
-        limit=None if limit is None else _int(limit, "dataset.limit", minimum=1),
-    )
-
-
-def _mask_pattern(pattern: str) -> None:
-    if "{case}" not in pattern and "{name}" not in pattern:
-        raise SegxaiError(f"dataset.masks: the pattern {pattern!r} needs {{case}} or {{name}} to tell cases apart")
+    Args:
+        data: the mapping.
+        base: the folder relative paths are read from.
+    Returns:
+        The validated configuration; a bad one raises `SegxaiError` naming every wrong key.
+    """
     try:
-        pattern.format(case="case", name="name")
-    except (KeyError, IndexError, ValueError) as error:
-        raise SegxaiError(f"dataset.masks: bad pattern {pattern!r} ({error!r}); only {{case}} and {{name}} are filled in") from None
+        config = RunConfig.model_validate(data, context={"base": Path(base)})
+    except ValidationError as error:
+        errors = error.errors(include_url=False)
+        raise SegxaiError("; ".join(_message(e) for e in errors if not _follows_from(e, errors))) from None
+    config._source = dict(data)
+    return config
 
 
-def _methods(value: Any) -> tuple[MethodConfig, ...]:
-    from segxai.methods import METHODS
-
-    if not isinstance(value, list) or not value:
-        raise SegxaiError("methods: expected a non-empty list of method names or {name, params} mappings")
-    methods = []
-    for i, item in enumerate(value):
-        where = f"methods[{i}]"
-        entry = _mapping({"name": item} if isinstance(item, str) else item, where, required={"name"},
-                         optional={"params"})
-        name = _text(entry["name"], f"{where}.name")
-        if name not in METHODS:
-            raise SegxaiError(f"{where}.name: unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
-        params = entry.get("params") or {}
-        if not isinstance(params, dict) or not all(isinstance(k, str) and k.isidentifier() for k in params):
-            raise SegxaiError(f"{where}.params: expected a mapping of parameter names to values, not {params!r}")
-        methods.append(MethodConfig(name, dict(params)))
-    names = [m.name for m in methods]
-    if len(set(names)) != len(names):
-        raise SegxaiError(f"methods: each method may appear once (outputs are kept per method), got {names}")
-    return tuple(methods)
+def _follows_from(error: dict[str, Any], errors: list[dict[str, Any]]) -> bool:
+    """A list found too short only because one of its items was refused (that item's error says why)."""
+    loc = error["loc"]
+    return error["type"] == "too_short" and any(len(e["loc"]) > len(loc) and e["loc"][:len(loc)] == loc for e in errors)
 
 
-def _targets(value: Any) -> tuple[str, ...]:
-    from segxai.targets import parse_target
-
-    if not isinstance(value, list) or not value:
-        raise SegxaiError("targets: expected a non-empty list of target specs such as 'class:1'")
-    for i, spec in enumerate(value):
-        try:
-            parse_target(_text(spec, f"targets[{i}]"))
-        except SegxaiError as error:
-            raise SegxaiError(f"targets[{i}]: {error}") from None
-    return tuple(value)
-
-
-def _rois(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise SegxaiError("rois: expected a non-empty list such as ['none', 'mask:4', 'prediction:4']")
-    for i, spec in enumerate(value):
-        kind, _, margin = _text(spec, f"rois[{i}]").partition(":")
-        if kind not in ROI_KINDS or (kind == "none" and margin):
-            raise SegxaiError(f"rois[{i}]: unknown ROI provider {spec!r}; use none, mask[:MARGIN] or prediction[:MARGIN]")
-        try:
-            if margin and float(margin) < 0:
-                raise ValueError
-        except ValueError:
-            raise SegxaiError(f"rois[{i}]: the margin of {spec!r} must be a non-negative number of voxels") from None
-    if len(set(value)) != len(value):
-        raise SegxaiError(f"rois: each ROI provider may appear once, got {value}")
-    return tuple(value)
+def _message(error: dict[str, Any]) -> str:
+    """One pydantic error as `key: what is wrong`, with the known keys or allowed values where that helps."""
+    loc = error["loc"]
+    where = "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in loc).lstrip(".") or "config"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key; known keys: {', '.join(_section(loc[:-1]).model_fields)}"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    if kind == "value_error":
+        return f"{where}: {error['ctx']['error']}"
+    if kind == "too_short":
+        return f"{where}: expected a non-empty list"
+    text = re.sub(r" or instance of \w+", "", error["msg"]).replace("a valid tuple", "a list")
+    text = text.replace("a valid dictionary", "a mapping")
+    return f"{where}: {text[0].lower()}{text[1:]}, not {error['input']!r}"
 
 
-def _evaluation(value: Any) -> EvaluationConfig:
-    data = _mapping(value, "evaluation", optional={"threshold", "pointing_tolerance", "faithfulness", "sanity",
-                                                    "stability"})
-    defaults = EvaluationConfig()
-    faithfulness = _part(data, "faithfulness", {"steps"})
-    sanity = _part(data, "sanity", {"steps", "max_correlation"})
-    stability = _part(data, "stability", {"noise", "samples"})
-    threshold = _number(data.get("threshold", defaults.threshold), "evaluation.threshold", 0.0, 1.0)
-    return EvaluationConfig(
-        threshold=threshold,
-        pointing_tolerance=_number(data.get("pointing_tolerance", 0.0), "evaluation.pointing_tolerance", 0.0),
-        faithfulness_steps=None if faithfulness is None else _int(
-            faithfulness.get("steps", defaults.faithfulness_steps), "evaluation.faithfulness.steps", minimum=1),
-        sanity_steps=None if sanity is None else _int(
-            sanity.get("steps", defaults.sanity_steps), "evaluation.sanity.steps", minimum=1),
-        sanity_max_correlation=_number(
-            (sanity or {}).get("max_correlation", defaults.sanity_max_correlation),
-            "evaluation.sanity.max_correlation", -1.0, 1.0),
-        stability_noise=None if stability is None else _number(
-            stability.get("noise", defaults.stability_noise), "evaluation.stability.noise", 0.0),
-        stability_samples=_int((stability or {}).get("samples", defaults.stability_samples),
-                               "evaluation.stability.samples", minimum=1),
-    )
+def _section(loc: tuple) -> type[BaseModel]:
+    """The section model at a location of the configuration (list indices skipped)."""
+    model: type[BaseModel] = RunConfig
+    for key in loc:
+        if isinstance(key, str):
+            model = _model_in(model.model_fields[key].annotation) or model
+    return model
 
 
-def _part(data: Mapping[str, Any], name: str, keys: set[str]) -> dict[str, Any] | None:
-    """An optional suite part: absent = defaults, `false` = off, or a mapping of its settings."""
-    value = data.get(name, {})
-    if value is False or value is None:
-        return None
-    if value is True:
-        return {}
-    return _mapping(value, f"evaluation.{name}", optional=keys)
-
-
-# ------------------------------------------------------------------------------------------ checks
-def _mapping(value: Any, where: str, required: set[str] = frozenset(), optional: set[str] = frozenset()) -> dict:
-    if not isinstance(value, dict):
-        raise SegxaiError(f"{where}: expected a mapping, not {type(value).__name__}")
-    unknown = sorted(set(map(str, value)) - required - optional)
-    if unknown:
-        known = ", ".join(sorted(required | optional))
-        raise SegxaiError(f"{where}.{unknown[0]}: unknown key; known keys: {known}")
-    missing = sorted(required - set(value))
-    if missing:
-        raise SegxaiError(f"{where}.{missing[0]}: required key is missing")
-    return value
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise SegxaiError(f"{where}: expected a non-empty string, not {value!r}")
-    return value
-
-
-def _int(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SegxaiError(f"{where}: expected an integer >= {minimum}, not {value!r}")
-    return value
-
-
-def _number(value: Any, where: str, low: float, high: float = float("inf")) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise SegxaiError(f"{where}: expected a number in [{low}, {high}], not {value!r}")
-    return float(value)
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((found for arg in get_args(annotation) if (found := _model_in(arg)) is not None), None)

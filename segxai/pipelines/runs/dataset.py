@@ -19,9 +19,10 @@ CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @dataclass(frozen=True)
-class Case:
-    """One case: its name (unique in the dataset), its image path(s) (several = modalities), its mask, and
-    why it cannot be read when listing already shows it (`problem`, reported when the case runs)."""
+class CaseFiles:
+    """The files of one case: its name (unique in the dataset), its image path(s) (several = modalities), its
+    mask, and why it cannot be read when listing already shows it (`problem`, reported when the case runs).
+    The worker reads them with `segxai.models.case.load_case`."""
 
     name: str
     images: tuple[Path, ...]
@@ -29,13 +30,13 @@ class Case:
     problem: str | None = None
 
 
-def discover_cases(config: DatasetConfig) -> list[Case]:
+def discover_cases(config: DatasetConfig) -> list[CaseFiles]:
     """The dataset's cases in name order (at most `config.limit`)."""
     folder = config.root / config.images
     if not folder.is_dir():
         raise SegxaiError(f"dataset: image folder {folder} does not exist")
     mask_folder = _mask_folder(config)
-    cases: dict[str, Case] = {}
+    cases: dict[str, CaseFiles] = {}
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or not fnmatch.fnmatch(entry.name, config.include):
             continue
@@ -55,7 +56,7 @@ def discover_cases(config: DatasetConfig) -> list[Case]:
     return found[: config.limit] if config.limit else found
 
 
-def _group_channels(cases: dict[str, Case], config: DatasetConfig) -> dict[str, Case]:
+def _group_channels(cases: dict[str, CaseFiles], config: DatasetConfig) -> dict[str, CaseFiles]:
     """nnU-Net naming: single-file cases `CASE_0000`, `CASE_0001`, ... become one case with those modalities."""
     grouped: dict[str, list[tuple[str, Path]]] = {}
     for case in cases.values():
@@ -63,29 +64,29 @@ def _group_channels(cases: dict[str, Case], config: DatasetConfig) -> dict[str, 
         if match is None or len(case.images) != 1:
             raise SegxaiError(f"dataset: {case.images[0]} does not follow the {config.layout} naming CASE_0000")
         grouped.setdefault(match["case"], []).append((match["channel"], case.images[0]))
-    return {name: Case(name, tuple(path for _, path in sorted(files)), _mask(config, name, files[0][1].name))
+    return {name: CaseFiles(name, tuple(path for _, path in sorted(files)), _mask(config, name, files[0][1].name))
             for name, files in grouped.items()}
 
 
-def _case(entry: Path, config: DatasetConfig) -> Case | None:
+def _case(entry: Path, config: DatasetConfig) -> CaseFiles | None:
     """A case from a file or a folder; None for entries that are not images (notes, spreadsheets)."""
     if entry.is_file():
         if not _is_image(entry):
             return None
-        return Case(file_stem(entry), (entry,), _mask(config, file_stem(entry), entry.name))
+        return CaseFiles(file_stem(entry), (entry,), _mask(config, file_stem(entry), entry.name))
     mask = _mask(config, entry.name, entry.name)
     files = sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith(".") and _is_image(p)
                    and (mask is None or p.resolve() != mask.resolve()))
     if not files or all(file_kind(p) == "dicom" for p in files):
-        return Case(entry.name, (entry,), mask)  # a DICOM series (or an empty folder, which fails when read)
+        return CaseFiles(entry.name, (entry,), mask)  # a DICOM series (or an empty folder, which fails when read)
     if not config.modalities:
-        return Case(entry.name, tuple(files), mask)
+        return CaseFiles(entry.name, tuple(files), mask)
     chosen = [[p for p in files if fnmatch.fnmatch(p.name, pattern)] for pattern in config.modalities]
     for pattern, matches in zip(config.modalities, chosen):
         if len(matches) != 1:
-            return Case(entry.name, tuple(files), mask,
+            return CaseFiles(entry.name, tuple(files), mask,
                         problem=f"modality pattern {pattern!r} matches {len(matches)} files in {entry}, not one")
-    return Case(entry.name, tuple(m[0] for m in chosen), mask)
+    return CaseFiles(entry.name, tuple(m[0] for m in chosen), mask)
 
 
 def _mask(config: DatasetConfig, case: str, name: str) -> Path | None:

@@ -13,14 +13,14 @@ from typing import Any
 from segxai.errors import SegxaiError
 from segxai.progress import progress_bar
 from segxai.pipelines.runs.config import RunConfig
-from segxai.pipelines.runs.dataset import Case
+from segxai.pipelines.runs.dataset import CaseFiles
 
 EXECUTORS = ("local", "ray")
 OnRecord = Callable[[dict[str, Any]], None]
 
 
-def run_cases(config: RunConfig, out: Path, cases: Sequence[Case], on_record: OnRecord, *, executor: str = "local",
-              workers: int = 2, progress: bool = True) -> None:
+def run_cases(config: RunConfig, out: Path, cases: Sequence[CaseFiles], on_record: OnRecord, *,
+              executor: str = "local", workers: int = 2, progress: bool = True) -> None:
     """Process `cases` with the chosen executor, calling `on_record` with each case's record."""
     if executor not in EXECUTORS:
         raise SegxaiError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
@@ -34,7 +34,8 @@ def run_cases(config: RunConfig, out: Path, cases: Sequence[Case], on_record: On
         _run_ray(config, out, cases, on_record, workers, progress)
 
 
-def _run_local(config: RunConfig, out: Path, cases: Sequence[Case], on_record: OnRecord, progress: bool) -> None:
+def _run_local(config: RunConfig, out: Path, cases: Sequence[CaseFiles], on_record: OnRecord,
+               progress: bool) -> None:
     from segxai.pipelines.runs.worker import CaseWorker
 
     worker = CaseWorker(config, out)
@@ -42,7 +43,7 @@ def _run_local(config: RunConfig, out: Path, cases: Sequence[Case], on_record: O
         on_record(worker.process(case))
 
 
-def _run_ray(config: RunConfig, out: Path, cases: Sequence[Case], on_record: OnRecord, workers: int,
+def _run_ray(config: RunConfig, out: Path, cases: Sequence[CaseFiles], on_record: OnRecord, workers: int,
              progress: bool) -> None:
     """One actor per worker (each loads the model once; a GPU share each when CUDA is present, used when the
     configuration's `model.device` names it), cases handed out as actors free up, records gathered in

@@ -33,22 +33,24 @@ def write_run_report(out: Path, config: RunConfig, records: Sequence[Mapping[str
     methods = [m.name for m in config.methods]
     figures = [_boxplot(out, rows, methods, metric, caption) for metric, caption in DISTRIBUTIONS.items()
                if any(isinstance(row.get(metric), (int, float)) for row in rows)]
+    sanity = config.evaluation.sanity
+    sanity_text = "off" if sanity is None else (
+        "the model's layers are randomised from the output down; a method passes when its map changes (rank "
+        f"correlation to the original at most {sanity.max_correlation})")
     sections = [
         Section("Method comparison", text=(
-            "Means over cases, targets and ROI providers; pointing_game and sanity_pass are rates. Sanity: the model's "
-            "layers are randomised from the output down; a method passes when its map changes (rank correlation "
-            f"to the original at most {config.evaluation.sanity_max_correlation}). Seconds and passes are those "
-            "of the explanation alone."), table=list(by_method)),
+            f"Means over cases, targets and ROIs; pointing_game and sanity_pass are rates. Sanity: {sanity_text}. "
+            "Seconds and passes are those of the explanation alone."), table=list(by_method)),
         Section("By method and target", table=list(by_target)),
         Section("Metric distributions", figures=[f for f in figures if f is not None]),
         Section("Runtime vs passes", figures=[_runtime_scatter(out, rows, methods)] if rows else []),
         Section("Cases", text="Attribution summed over channels, target outlined (3D: the strongest slice).",
-                figures=_case_grid(out, records, config.report_cases)),
+                figures=_case_grid(out, records, config.report.cases)),
         *([Section("Failed cases", table=failed)] if failed else []),
         Section("Configuration", table=[{"key": k, "value": v} for k, v in _flatten(config.source).items()]),
     ]
     summary_box = {"cases done": sum(r["status"] == "done" for r in records), "cases failed": len(failed),
-                   "methods": ", ".join(methods), "targets": ", ".join(config.targets), "ROIs": ", ".join(config.rois)}
+                   "methods": ", ".join(methods), "targets": ", ".join(config.targets), "ROIs": ", ".join(map(str, config.rois))}
     return write_report(out / "report.html", "segxai run", sections, command=command, summary=summary_box)
 
 

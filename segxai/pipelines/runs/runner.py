@@ -1,4 +1,4 @@
-"""`segxai run`: a dataset x methods x targets x ROI providers, resumable, with summaries and a report.
+"""`segxai run`: a dataset x methods x targets x ROIs, resumable, with summaries and a report.
 
 Cases already finished with the same settings (per the manifest) are skipped; the others run on the chosen
 executor and each record reaches the manifest as soon as its case ends. Summaries and the report are rebuilt

@@ -14,7 +14,7 @@ import torch
 from segxai.explanation import Explanation
 from segxai.metrics import deletion_curve, energy_inside, explanation_overlap, insertion_curve, pointing_game
 from segxai.metrics.sanity import cascading_randomization
-from segxai.metrics.similarity import map_similarity
+from segxai.metrics.stability import map_stability
 from segxai.model import SegModel
 from segxai.pipelines.runs.config import EvaluationConfig
 from segxai.targets import Target
@@ -34,21 +34,23 @@ def evaluate_explanation(
 ) -> dict[str, Any]:
     """One row of figures for `explanation` of `target` on `x` (`(C, *spatial)`); `explain(inputs)` re-runs
     the same method, target and ROI on other inputs (for the sanity and stability checks)."""
-    stats = explanation.stats
-    row: dict[str, Any] = {"seconds": stats["seconds"], "forward_passes": stats["forward_passes"],
-                           "backward_passes": stats["backward_passes"]}
+    cost = explanation.cost
+    row: dict[str, Any] = {"seconds": cost.seconds, "forward_passes": cost.forward_passes,
+                           "backward_passes": cost.backward_passes}
     row.update(_localisation(explanation, truth, settings))
-    if settings.faithfulness_steps is not None:
-        steps = settings.faithfulness_steps
+    if settings.faithfulness is not None:
+        steps = settings.faithfulness.steps
         row["deletion_auc"] = deletion_curve(model, x, target, explanation, steps=steps).auc
         row["insertion_auc"] = insertion_curve(model, x, target, explanation, steps=steps).auc
-    if settings.sanity_steps is not None:
-        sanity = cascading_randomization(model, lambda: explain(x), explanation, steps=settings.sanity_steps,
-                                         max_correlation=settings.sanity_max_correlation, seed=seed)
+    if settings.sanity is not None:
+        sanity = cascading_randomization(model, lambda: explain(x), explanation, steps=settings.sanity.steps,
+                                         max_correlation=settings.sanity.max_correlation, seed=seed)
         row.update(sanity_spearman=sanity.final["spearman"], sanity_ssim=sanity.final["ssim"],
                    sanity_pass=sanity.passed)
-    if settings.stability_noise is not None:
-        row.update(_stability(x, explanation, explain, settings.stability_noise, settings.stability_samples, seed))
+    if settings.stability is not None:
+        stability = settings.stability
+        found = map_stability(explain, x, explanation, noise=stability.noise, samples=stability.samples, seed=seed)
+        row.update({f"stability_{key}": value for key, value in found.items()})
     return row
 
 
@@ -61,13 +63,3 @@ def _localisation(explanation: Explanation, truth: torch.Tensor | None, settings
             **explanation_overlap(explanation, mask, threshold=settings.threshold),
             "pointing_game": pointing_game(explanation, mask, settings.pointing_tolerance),
             "energy_inside": energy_inside(explanation, mask)}
-
-
-def _stability(x: torch.Tensor, explanation: Explanation, explain: Explain, noise: float, samples: int,
-               seed: int) -> dict[str, float]:
-    """Mean similarity of maps of `x` plus Gaussian noise (sd = `noise` x the input's sd) to the original."""
-    generator = torch.Generator().manual_seed(seed)
-    scale = noise * float(x.float().std())
-    found = [map_similarity(explanation, explain(x + scale * torch.randn(x.shape, generator=generator).to(x)))
-             for _ in range(samples)]
-    return {f"stability_{k}": sum(f[k] for f in found) / samples for k in ("spearman", "ssim")}
