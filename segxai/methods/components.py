@@ -168,6 +168,11 @@ class ComponentEffects:
             if self.intervention == "resample":
                 raise SegxaiError("resample ablation needs donors: other images (D, C, *spatial) on the input grid")
             return None
+        if isinstance(donors, (list, tuple)):  # a list of (C, *spatial) images, as patch_pool takes
+            donors = torch.stack([torch.as_tensor(np.asarray(d) if not isinstance(d, torch.Tensor) else d)
+                                  for d in donors]) if donors else None
+        if donors is None:
+            raise SegxaiError("the donor list is empty: give other images (C, *spatial) on the input grid")
         pool, _ = self.model.prepare(donors)
         if tuple(pool.shape[1:]) != tuple(x.shape[1:]):
             raise SegxaiError(f"donors have shape {tuple(pool.shape[1:])} per image; expected {tuple(x.shape[1:])}")
