@@ -1,7 +1,8 @@
 """SegModel: run the user's segmentation network the way they run it, and count what it costs.
 
 Every method and metric calls the network through this adapter, so activation handling, deep-supervision
-outputs, sliding-window inference, device placement, mixed precision and pass counting are written once.
+outputs, padding to the network's stride, sliding-window inference, device placement, mixed precision and pass
+counting are written once.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from segxai.measure import Measure
 
 Activation = Literal["softmax", "sigmoid", "none"]
+PadMode = Literal["constant", "replicate", "reflect"]
 ArrayLike = torch.Tensor | np.ndarray
 
 
@@ -126,10 +128,16 @@ class SegModel:
 
     It puts the network in eval mode, applies an optional inferer ("sliding_window" uses MONAI's
     `sliding_window_inference`, which keeps gradients), takes the full-resolution head of deep-supervision
-    outputs, runs on `device` with optional autocast (`amp`, CUDA only), and counts forward and backward
+    outputs, pads inputs at the end of each axis up to a multiple of `pad_to` (the network's total stride, so
+    any grid goes in) and crops the logits back to the input grid (gradients flow through both), runs on
+    `device` with optional autocast (`amp`, CUDA only), and counts forward and backward
     passes (`forward_calls`, `backward_calls`) and the batch items they carried (`forward_passes`,
     `backward_passes`, the figures every explanation reports). Calling it returns a `SegOutput`;
     `with model.measure() as cost:` also records seconds and peak memory.
+
+    Padding goes at the end of each axis (never the start), so voxel i of the input is voxel i of the padded
+    grid and a stride-aligned crop sees the same sampling phase as the full input. `SegModel(other_segmodel)`
+    makes a model on the same network with the same settings (the other arguments are then not used).
     """
 
     def __init__(
@@ -148,7 +156,14 @@ class SegModel:
         spatial_dims: int | None = None,
         device: str | torch.device | None = None,
         amp: bool = False,
+        pad_to: int | Sequence[int] | None = None,
+        pad_mode: PadMode = "constant",
     ) -> None:
+        if isinstance(net, SegModel):  # e.g. SegModel(load_checkpoint(path)[0]): same network, same settings
+            self.__dict__.update(net.__dict__)
+            self.receptive_fields = dict(net.receptive_fields)
+            self.reset_counts()
+            return
         if activation not in ("softmax", "sigmoid", "none"):
             raise SegxaiError(f"activation must be 'softmax', 'sigmoid' or 'none', not {activation!r}")
         if not callable(net):
@@ -166,6 +181,10 @@ class SegModel:
         self.in_channels = in_channels if in_channels is not None else getattr(first_conv, "in_channels", None)
         self.spatial_dims = spatial_dims if spatial_dims is not None else _conv_dims(first_conv)
         self._inferer = self._build_inferer(inferer, roi_size, sw_batch_size, overlap, blend_mode)
+        self.pad_to = _pad_multiples(pad_to, self.spatial_dims)
+        if pad_mode not in ("constant", "replicate", "reflect"):
+            raise SegxaiError(f"pad_mode must be 'constant', 'replicate' or 'reflect', not {pad_mode!r}")
+        self.pad_mode: PadMode = pad_mode
         # Receptive-field radii measured by `segxai.roi.receptive_field`, by input spatial shape.
         self.receptive_fields: dict[tuple[int, ...], tuple[int, ...] | None] = {}
         self.reset_counts()
@@ -176,15 +195,17 @@ class SegModel:
         if x.device != self.device:
             x = x.to(self.device)
         autocast = torch.autocast("cuda") if self.amp and self.device.type == "cuda" else nullcontext()
+        padded, crop = pad_to_multiple(x, self.pad_to, self.pad_mode)
         try:
             with autocast:
-                raw = self._inferer(x) if self._inferer is not None else self.net(x)
+                raw = self._inferer(padded) if self._inferer is not None else self.net(padded)
         except RuntimeError as error:  # shape and dtype failures deep inside the network
             raise SegxaiError(
-                f"the network failed on an input of shape {tuple(x.shape)}: {str(error).splitlines()[0]} "
-                "(check the channel count, and that spatial sizes fit the network, e.g. multiples of its stride)"
+                f"the network failed on an input of shape {tuple(padded.shape)}: {str(error).splitlines()[0]} "
+                "(check the channel count, and that spatial sizes fit the network, e.g. multiples of its stride: "
+                "SegModel(net, pad_to=STRIDE) pads any grid)"
             ) from error
-        logits = self._select_output(raw, x)
+        logits = self._select_output(raw, padded)[crop]
         self.forward_calls += 1
         self.forward_passes += int(x.shape[0])
         self.forward_voxels += int(x.shape[0]) * int(x[0, 0].numel())
@@ -272,10 +293,44 @@ class SegModel:
         if raw.ndim != x.ndim or raw.shape[0] != x.shape[0] or tuple(raw.shape[2:]) != tuple(x.shape[2:]):
             raise SegxaiError(
                 f"the network maps input {tuple(x.shape)} to output {tuple(raw.shape)}; segxai needs logits "
-                f"(B, K, *spatial) on the input grid {tuple(x.shape[2:])} (spatial sizes may need to be multiples of "
-                "its stride)"
+                f"(B, K, *spatial) on the input grid {tuple(x.shape[2:])} (when sizes must be multiples of its "
+                "stride, SegModel(net, pad_to=STRIDE) pads any grid)"
             )
         return raw
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiples: tuple[int, ...] | None, mode: PadMode = "constant"
+) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Pad the spatial axes of a batch `(B, C, *spatial)` at their end up to multiples of `multiples`.
+
+    Returns the padded batch (`x` itself when nothing is needed) and the index that crops a `(B, K, *padded)`
+    output back to the input grid. Constant padding is zero (the normalised input's value there).
+    """
+    spatial = tuple(x.shape[2:])
+    keep = (slice(None), slice(None), *(slice(0, n) for n in spatial))
+    if multiples is None:
+        return x, keep
+    if len(multiples) == 1:
+        multiples = multiples * len(spatial)
+    if len(multiples) != len(spatial):
+        raise SegxaiError(f"pad_to has {len(multiples)} values but the input has {len(spatial)} spatial axes")
+    extra = [-n % m for n, m in zip(spatial, multiples)]
+    if not any(extra):
+        return x, keep
+    if mode == "reflect" and any(e >= n for e, n in zip(extra, spatial)):
+        raise SegxaiError(f"reflect padding needs each size above its padding; use pad_mode='replicate' for {spatial}")
+    widths = [w for e in reversed(extra) for w in (0, e)]  # torch lists the last axis first
+    return torch.nn.functional.pad(x, widths, mode=mode), keep
+
+
+def _pad_multiples(pad_to: int | Sequence[int] | None, spatial_dims: int | None) -> tuple[int, ...] | None:
+    if pad_to is None:
+        return None
+    values = (int(pad_to),) if isinstance(pad_to, (int, np.integer)) else tuple(int(v) for v in pad_to)
+    if not values or min(values) < 1 or (spatial_dims is not None and len(values) not in (1, spatial_dims)):
+        raise SegxaiError(f"pad_to must be a positive int or one per spatial axis, not {pad_to!r}")
+    return None if max(values) == 1 else values
 
 
 def check_input(

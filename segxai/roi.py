@@ -209,7 +209,8 @@ def crop_plan(
 
     Without `margin`, it is measured with `receptive_field(model, sample)`; when the receptive field is the
     whole input the plan is the full grid (`plan.full` is True). The start is aligned down and the size up
-    to `multiple` so strided layers see the same sampling phase as on the full input.
+    to `multiple` so strided layers see the same sampling phase as on the full input; a box cut by the grid's
+    border keeps its aligned start (SegModel pads its end, as it pads the full input's end).
     """
     mask = roi.detach().cpu().numpy() if isinstance(roi, torch.Tensor) else np.asarray(roi)
     mask = mask.astype(bool)
@@ -231,9 +232,7 @@ def crop_plan(
         present = np.flatnonzero(mask.any(axis=tuple(a for a in range(len(shape)) if a != axis)))
         start, stop = max(0, int(present[0]) - pad), min(n, int(present[-1]) + 1 + pad)
         start -= start % step
-        stop = min(n, start + -(-(stop - start) // step) * step)
-        if (stop - start) % step:  # clipped by the border: move the start back instead
-            start = max(0, stop - -(-(stop - start) // step) * step)
+        stop = min(n, start + -(-(stop - start) // step) * step)  # a crop cut by the border is padded at its end
         slices.append(slice(start, stop))
     return CropPlan(tuple(slices), shape, tuple(margins))
 

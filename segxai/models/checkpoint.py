@@ -13,7 +13,7 @@ from torch import nn
 
 from segxai.errors import SegxaiError
 from segxai.model import SegModel
-from segxai.models.presets import build_network
+from segxai.models.presets import build_network, total_stride
 
 FORMAT = "segxai-checkpoint-1"
 
@@ -56,7 +56,9 @@ def save_checkpoint(path: str | Path, net: nn.Module, config: dict[str, Any]) ->
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> tuple[SegModel, dict[str, Any]]:
-    """Read a segxai checkpoint (weights only, no pickled code) and return a ready SegModel and its config."""
+    """Read a segxai checkpoint (weights only, no pickled code) and return a ready SegModel and its config.
+
+    The SegModel pads any input grid to the preset's total stride and crops its outputs back."""
     payload = read_payload(
         path, FORMAT, "a segxai checkpoint",
         "train one with `segxai train`, or wrap your own network with segxai.SegModel in Python",
@@ -68,5 +70,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
     except RuntimeError as error:
         reason = (str(error).strip().splitlines() or ["(no details)"])[0]
         raise SegxaiError(f"checkpoint {path} does not match its configuration: {reason}") from None
-    model = SegModel(net, activation=config.get("activation", "softmax"), device=device)
+    model = SegModel(net, activation=config.get("activation", "softmax"), device=device, pad_to=total_stride(config))
     return model, config
