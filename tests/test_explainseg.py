@@ -322,3 +322,33 @@ def test_cli_train_segment_evaluate(tmp_path, capsys):
     assert main(["explainseg", "segment", "--model", paths[0], "--image", paths[1], "--out",
                  str(tmp_path / "m.png"), "--no-progress"]) == 2
     assert "cannot read an ExplainSeg classifier" in capsys.readouterr().err
+
+
+def test_an_interrupted_classifier_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import segxai.models.loop as loop
+    from segxai.explainseg.classifier import load_classifier
+    from segxai.models.loop import Resumable
+
+    images, _, labels = blob_data(8)
+    settings = dict(size=SIZE, epochs=4, batch_size=4, lr=0.05, trainable_blocks=1)
+    whole = train_classifier(images, labels, tiny_vit(), TrainConfig(**settings), progress=False)
+    real_bar, kept = loop.progress_bar, tmp_path / "kept.pt"
+
+    def interrupted(items, **kwargs):
+        for item in real_bar(items, **kwargs):
+            if item == 3:
+                raise KeyboardInterrupt
+            yield item
+
+    saving = Resumable(tmp_path / "state.pt", every=2, resume=True)
+    monkeypatch.setattr(loop, "progress_bar", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(images, labels, tiny_vit(), TrainConfig(**settings), saving=saving, progress=False,
+                         on_checkpoint=lambda net: save_classifier(kept, net))
+    assert load_classifier(kept).head.weight.shape == whole.head.weight.shape  # the work so far is kept
+    monkeypatch.setattr(loop, "progress_bar", real_bar)
+    config = TrainConfig(**settings)
+    resumed = train_classifier(images, labels, tiny_vit(), config, saving=saving, progress=False)
+    assert len(config.history) == 4
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name

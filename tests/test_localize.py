@@ -174,9 +174,38 @@ def test_bad_input_is_a_segxai_error(trained):
         localizer(torch.zeros(2, 1, SIZE, SIZE), ["liver"])
     with pytest.raises(SegxaiError, match="same, non-zero number"):
         train_localizer([image], [], {1: "liver"}, TinyTextEncoder(), steps=1, progress=False)
-    with pytest.raises(SegxaiError, match="multiple of the stride"):
-        train_localizer([image[:, :SIZE - 2]], [held_out[0].labels[:SIZE - 2]], {1: "liver"}, TinyTextEncoder(),
-                        steps=1, progress=False)
+    with pytest.raises(SegxaiError, match="same channels"):
+        train_localizer([image, np.concatenate([image, image])], [held_out[0].labels] * 2, {1: "liver"},
+                        TinyTextEncoder(), steps=1, progress=False)
+
+
+def test_localizer_training_takes_odd_grids_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import segxai.models.loop as loop
+    from segxai.models.loop import Resumable
+
+    rng = np.random.default_rng(0)
+    images = [rng.normal(size=(1, 22, 19)).astype(np.float32), rng.normal(size=(1, 17, 24)).astype(np.float32)]
+    labels = [(image[0] > 0.5).astype(np.int64) for image in images]
+    settings = dict(steps=4, batch_size=2, seed=2, progress=False)
+    whole = train_localizer(images, labels, {1: "spot"}, TinyTextEncoder(), **settings)
+    real_bar = loop.progress_bar
+
+    def interrupted(items, **kwargs):
+        for item in real_bar(items, **kwargs):
+            if item == 3:
+                raise KeyboardInterrupt
+            yield item
+
+    saving = Resumable(tmp_path / "loc.state", every=2, resume=True)
+    monkeypatch.setattr(loop, "progress_bar", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_localizer(images, labels, {1: "spot"}, TinyTextEncoder(), saving=saving, **settings)
+    monkeypatch.setattr(loop, "progress_bar", real_bar)
+    resumed = train_localizer(images, labels, {1: "spot"}, TinyTextEncoder(), saving=saving, **settings)
+    assert len(resumed.history) == 4 and np.allclose(resumed.history, whole.history, rtol=1e-5)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+    assert whole.predict(images[1], "spot").shape == (17, 24)
 
 
 @SHARES_TRAINED

@@ -48,7 +48,65 @@ def test_bad_training_data_is_a_clear_error():
         train_segmenter([image], [], names={1: "x"})
     with pytest.raises(SegxaiError, match="label map 0"):
         train_segmenter([image], [np.zeros((16, 32))], names={1: "x"})
-    with pytest.raises(SegxaiError, match="multiple of the network stride"):
-        train_segmenter([np.zeros((1, 30, 30), np.float32)], [np.zeros((30, 30))], names={1: "x"})
+    with pytest.raises(SegxaiError, match="same channels"):
+        train_segmenter([image, np.zeros((2, 32, 32), np.float32)], [np.zeros((32, 32))] * 2, names={1: "x"})
     with pytest.raises(SegxaiError, match="unknown phantom"):
         train_on_phantoms("heart", (32, 32))
+
+
+def small_cases(shapes, seed=0):
+    """Bright squares (label 1) and dim discs (label 2) on noise, one case per shape."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for shape in shapes:
+        label = np.zeros(shape, np.int64)
+        label[2:8, 3:9] = 1
+        label[-9:-3, -8:-2] = 2
+        images.append((rng.normal(0, 0.1, (1, *shape)) + (label == 1) - 0.5 * (label == 2)).astype(np.float32))
+        labels.append(label)
+    return images, labels
+
+
+def test_odd_and_mixed_sizes_train_and_validate_on_their_own_grids():
+    images, labels = small_cases([(30, 27), (25, 33), (32, 32)])
+    result = train_segmenter(images[:2], labels[:2], names={1: "square"}, steps=2, progress=False,
+                             val_images=images[2:], val_labels=labels[2:])
+    assert result.config["network"]["out_channels"] == 2  # only the named class: label 2 is background
+    assert set(result.dice) == {"square"} and result.config["validation_dice"] == result.dice
+    assert result.config["training"]["validation_cases"] == 1 and len(result.losses) == 2
+
+
+def test_augmentation_is_seeded_and_changes_training():
+    images, labels = small_cases([(32, 32)] * 3)
+    runs = [train_segmenter(images, labels, names={1: "a", 2: "b"}, steps=3, augment=augment, seed=1,
+                            progress=False).losses for augment in (True, True, False)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    from segxai.models.loop import Resumable
+
+    images, labels = small_cases([(32, 32)] * 3)
+    settings = dict(names={1: "a", 2: "b"}, steps=6, augment=True, seed=3, progress=False)
+    whole = train_segmenter(images, labels, **settings)
+
+    class Interrupted(Exception):
+        pass
+
+    saved = []
+
+    def stop_at_four(net, config):
+        saved.append(1)
+        if len(saved) == 2:
+            raise Interrupted
+
+    state = Resumable(tmp_path / "state.pt", every=2, resume=True)
+    with pytest.raises(Interrupted):
+        train_segmenter(images, labels, saving=state, on_checkpoint=stop_at_four, **settings)
+    resumed = train_segmenter(images, labels, saving=state, **settings)
+    assert len(saved) == 2 and len(resumed.losses) == 6
+    assert np.allclose(resumed.losses, whole.losses, rtol=1e-5)
+    for (name, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+    with pytest.raises(SegxaiError, match="other settings.*seed"):
+        train_segmenter(images, labels, saving=state, **{**settings, "seed": 4})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 
 from segxai.errors import SegxaiError
 from segxai.explainseg.backbone import VisionTransformer, load_weights
-from segxai.progress import progress_bar
+from segxai.models.loop import Loop, Resumable, run_loop
 
 FORMAT = "segxai-explainseg-classifier-1"
 
@@ -129,11 +129,15 @@ def train_classifier(
     config: TrainConfig | None = None,
     *,
     device: str | torch.device = "cpu",
+    saving: Resumable = Resumable(),
+    on_checkpoint: Callable[[ViTClassifier], None] | None = None,
     progress: bool = True,
 ) -> ViTClassifier:
     """Fit a linear head (and the last `trainable_blocks` blocks) on raw images `(C, H, W)` with labels 0..K-1.
 
     Seeded: the same call gives the same classifier. The mean training loss per epoch is `config.history`.
+    `saving` keeps the training state every few epochs (`on_checkpoint` then gets the classifier so far) and
+    resumes from it, ending with the weights of an uninterrupted run.
     """
     config = config or TrainConfig()
     labels_t = torch.as_tensor(list(labels), dtype=torch.long)
@@ -150,7 +154,8 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=config.step, gamma=config.gamma)
     generator = torch.Generator().manual_seed(config.seed)
     config.history.clear()
-    for _ in progress_bar(range(config.epochs), enabled=progress, total=config.epochs, desc="classifier"):
+
+    def epoch(_: int) -> float:
         net.train()
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
@@ -163,7 +168,18 @@ def train_classifier(
             optimiser.step()
             total += loss.item() * len(index)
         schedule.step()
-        config.history.append(total / len(x))
+        return total / len(x)
+
+    def checkpoint(_: int) -> None:
+        if on_checkpoint is not None:
+            net.eval()
+            on_checkpoint(net)
+
+    signature = {key: value for key, value in vars(config).items() if key != "history"}
+    signature.update(images=len(x), classes=int(labels_t.max()) + 1)
+    loop = Loop({"net": net, "optimiser": optimiser, "schedule": schedule}, {"generator": generator}, signature,
+                losses=config.history)
+    run_loop(loop, epoch, config.epochs, saving, on_checkpoint=checkpoint, progress=progress, desc="classifier")
     net.eval()
     return net
 

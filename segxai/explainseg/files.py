@@ -18,6 +18,7 @@ from segxai.explainseg.backbone import VisionTransformer, load_backbone, vit_sma
 from segxai.explainseg.classifier import TrainConfig, ViTClassifier, load_classifier, save_classifier, tile, train_classifier
 from segxai.explainseg.evaluate import score_split, table1, table2
 from segxai.explainseg.segment import METHODS, segment
+from segxai.models.loop import Resumable
 
 
 @dataclass
@@ -67,9 +68,11 @@ def backbone_from(path: str | Path | None, patch_size: int = 16, seed: int = 0) 
 
 
 def train(data: Dataset, backbone: VisionTransformer, config: TrainConfig, out: str | Path | None = None,
-          progress: bool = True) -> ViTClassifier:
-    """Train the classifier on a dataset; save it to `out` when given."""
-    net = train_classifier(data.images, data.labels, backbone, config, progress=progress)
+          progress: bool = True, saving: Resumable = Resumable()) -> ViTClassifier:
+    """Train the classifier on a dataset; save it to `out` when given (also at each of `saving`'s checkpoints)."""
+    keep = None if out is None else (lambda net: save_classifier(out, net))
+    net = train_classifier(data.images, data.labels, backbone, config, saving=saving, on_checkpoint=keep,
+                           progress=progress)
     if out is not None:
         save_classifier(out, net)
     return net

@@ -16,7 +16,8 @@ from segxai.errors import SegxaiError
 from segxai.localize.model import Localizer
 from segxai.localize.text import TextEncoder, check_prompts
 from segxai.preprocess import normalize_intensity
-from segxai.progress import progress_bar
+from segxai.models.augment import common_grid, pad_end
+from segxai.models.loop import Loop, Resumable, run_loop
 from segxai.models.train import one_cycle_schedule
 
 
@@ -41,13 +42,15 @@ def train_localizer(
     batch_size: int = 8,
     lr: float = 3e-3,
     seed: int = 0,
+    saving: Resumable = Resumable(),
     progress: bool = True,
 ) -> Localizer:
     """Train a `Localizer` on `(C, *spatial)` images and label maps; `names` maps label values to organ names.
 
     `prompts` gives the training prompts per label (default: the name with `_` as spaces); `context_init`
     initialises the context from a phrase (then M is its token count) instead of N(0, 0.02^2) with M =
-    `n_context`; `class_context` learns one context per class instead of one shared context.
+    `n_context`; `class_context` learns one context per class instead of one shared context. `saving` keeps the
+    training state every few steps and resumes from it (`segxai.models.loop.Resumable`).
     """
     from monai.losses import DiceLoss
 
@@ -66,31 +69,38 @@ def train_localizer(
         "n_context": int(n_context), "class_context": bool(class_context), "context_init": context_init,
         "intensity": intensity, "encoder": encoder.spec(), "seed": int(seed),
     }
-    _check_grid(images[0].shape[1:], int(np.prod(preset["strides"])))
+    grid = common_grid([i.shape[1:] for i in images], int(np.prod(preset["strides"])))  # any grids: padded at the end
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         localizer = Localizer(encoder, config)
     config["n_context"] = int(localizer.context.shape[1])
-    x_all = torch.from_numpy(np.stack([normalize_intensity(i, intensity) for i in images]))
-    y_all = torch.from_numpy(np.stack(labels))
+    x_all = torch.from_numpy(np.stack([pad_end(normalize_intensity(i, intensity), grid) for i in images]))
+    y_all = torch.from_numpy(np.stack([pad_end(l, grid) for l in labels]))
     rng = np.random.default_rng(seed)
     trainable = [p for n, p in localizer.named_parameters() if not n.startswith("encoder.")]
     optimiser = torch.optim.Adam(trainable, lr=lr)
     schedule = one_cycle_schedule(optimiser, lr, steps)
     dice_loss, bce = DiceLoss(sigmoid=True, batch=True), torch.nn.BCEWithLogitsLoss()
-    localizer.train()
-    for _ in progress_bar(range(steps), enabled=progress, desc="training localizer"):
+
+    def step(_: int) -> float:
         cases = rng.integers(len(x_all), size=batch_size)
         classes = rng.integers(len(values), size=batch_size)
         batch_prompts = [options[c][rng.integers(len(options[c]))] for c in classes]
         target = (y_all[cases] == torch.tensor([values[c] for c in classes]).view(-1, *[1] * dims))[:, None].float()
+        localizer.train()
         optimiser.zero_grad()
         logits = localizer(x_all[cases], batch_prompts)
         loss = dice_loss(logits, target) + bce(logits, target)
         loss.backward()
         optimiser.step()
         schedule.step()
-        localizer.history.append(float(loss.detach()))
+        return float(loss.detach())
+
+    signature = {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "cases": len(images),
+                 "labels": values, "prompts": options, "grid": list(grid)}
+    loop = Loop({"localizer": localizer, "optimiser": optimiser, "schedule": schedule}, {"draws": rng}, signature,
+                losses=localizer.history)
+    run_loop(loop, step, steps, saving, progress=progress, desc="training localizer")
     localizer.eval()
     return localizer
 
@@ -123,16 +133,11 @@ def _check_data(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray]) 
     images = [np.asarray(i, dtype=np.float32) for i in images]
     labels = [np.asarray(l).astype(np.int64) for l in label_maps]
     for index, (image, label) in enumerate(zip(images, labels)):
-        if image.ndim < 3 or image.shape != images[0].shape:
-            raise SegxaiError(f"image {index} has shape {image.shape}; all images need one (C, *spatial) shape, "
-                              f"the first has {images[0].shape}")
+        if image.ndim < 3 or image.ndim != images[0].ndim or image.shape[0] != images[0].shape[0]:
+            raise SegxaiError(f"image {index} has shape {image.shape}; all images need (C, *spatial) with the same "
+                              f"channels and axes as the first, {images[0].shape}")
         if label.shape != image.shape[1:]:
             raise SegxaiError(f"label map {index} has shape {label.shape} but its image grid is {image.shape[1:]}")
         if not np.isfinite(image).all():
             raise SegxaiError(f"image {index} holds NaN or infinite values")
     return images, labels
-
-
-def _check_grid(spatial: Sequence[int], stride: int) -> None:
-    if min(spatial) == 0 or any(n % stride for n in spatial):
-        raise SegxaiError(f"training grid {tuple(spatial)} must be non-empty and a multiple of the stride {stride}")

@@ -9,7 +9,7 @@ from other phantoms, and writes `report.html` beside the NIfTI/PNG/JSON outputs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from segxai.pipelines.evaluate import evaluate_case
 from segxai.pipelines.explain import FileExplanation, explain_case
 from segxai.pipelines.instances import InstanceFileExplanation, explain_instances_case
 from segxai.pipelines.options import RunOptions
+
+if TYPE_CHECKING:
+    from segxai.models.loop import Resumable
 
 SHAPES = {"abdomen": (64, 64, 32), "brain": (48, 48, 48)}
 TRAIN_STEPS = {"abdomen": 300, "brain": 300}
@@ -39,18 +42,23 @@ COMPARISON_PROMPT = "left kidney"
 # Causal blocks (PdCR) on the same organ's Dice: 8-voxel cubes, patches drawn from a few other phantoms, 20 draws.
 CAUSAL_POOL_CASES = 3
 CAUSAL_PARAMS = {"block": 8, "screen_draws": 3, "draws": 20}
+# Cached models keep their training state this often, so an interrupted `make demo` continues where it stopped.
+CACHE_EVERY = 50
 
 
 def cached_model(kind: str, shape: tuple[int, ...], cache_dir: Path, steps: int, progress: bool) -> tuple[Path, dict]:
-    """Train a reference model on phantoms once and keep its checkpoint in `cache_dir`."""
+    """Train a reference model on phantoms once and keep its checkpoint in `cache_dir` as soon as it is trained;
+    an interrupted training continues from its state (kept every `CACHE_EVERY` steps) on the next run."""
     from segxai.models.checkpoint import load_checkpoint, save_checkpoint
     from segxai.models.train import train_on_phantoms
 
     path = cache_dir / f"{kind}-{'x'.join(map(str, shape))}-{steps}steps-v1.pt"
     if path.is_file():
         return path, load_checkpoint(path)[1]
-    result = train_on_phantoms(kind, shape, steps=steps, progress=progress)
+    saving = _resumable(path)
+    result = train_on_phantoms(kind, shape, steps=steps, progress=progress, saving=saving)
     save_checkpoint(path, result.net, result.config)
+    saving.path.unlink(missing_ok=True)  # the model is cached: its training state is no longer needed
     return path, result.config
 
 
@@ -67,9 +75,19 @@ def cached_localizer(shape: tuple[int, ...], intensity: dict, cache_dir: Path, p
     labels = [case.labels[..., z] for case in cases for z in range(shape[-1])]
     names = cases[0].names
     prompts = {value: [COMPARISON_PROMPT] for value, name in names.items() if name == COMPARISON_ORGAN}
+    saving = _resumable(path)
     localizer = train_localizer(images, labels, names, TinyTextEncoder(), prompts=prompts, intensity=intensity,
-                                steps=LOCALIZER_STEPS, seed=0, progress=progress)
-    return save_localizer(path, localizer)
+                                steps=LOCALIZER_STEPS, seed=0, saving=saving, progress=progress)
+    save_localizer(path, localizer)
+    saving.path.unlink(missing_ok=True)
+    return path
+
+
+def _resumable(path: Path) -> "Resumable":
+    """The training state of a cached model, kept beside it so an interrupted demo continues its training."""
+    from segxai.models.loop import Resumable
+
+    return Resumable(path.with_name(path.name + ".state"), CACHE_EVERY, resume=True)
 
 
 def write_case(out: Path, image: np.ndarray, names: list[str], spacing: tuple[float, ...]) -> list[Path]:

@@ -12,7 +12,7 @@ from segxai.io import PathLike
 
 def train_files(images: Sequence[PathLike], out: PathLike, config: TrainConfig, *, labels: Sequence[int] | None = None,
                 masks: Sequence[PathLike] | None = None, tiles: int = 1, backbone: PathLike | None = None,
-                patch: int = 16, progress: bool = True) -> int:
+                patch: int = 16, checkpoint_every: int = 0, resume: bool = False, progress: bool = True) -> int:
     """Train the classifier on images with one label each, or with masks (tiles labelled by mask pixels), and
     save it to `out`; `config.history` holds the loss per epoch.
 
@@ -25,12 +25,19 @@ def train_files(images: Sequence[PathLike], out: PathLike, config: TrainConfig, 
         tiles: with masks, cut images into `tiles` x `tiles` tiles.
         backbone: a local DINO/timm/Hugging Face ViT checkpoint (None: random ViT-S/`patch`).
         patch: the patch size of a random backbone.
+        checkpoint_every: write the classifier and its training state (`<out>.state`) every this many epochs.
+        resume: continue from `<out>.state` (same settings: the same classifier as an uninterrupted run).
         progress: show progress bars.
     Returns:
         The number of training images (tiles).
     """
     data = files.read_dataset(images, masks, labels, tiles)
-    files.train(data, files.backbone_from(backbone, patch, config.seed), config, out, progress)
+    from pathlib import Path
+
+    from segxai.models.loop import Resumable
+
+    saving = Resumable(Path(str(out) + ".state"), checkpoint_every, resume)
+    files.train(data, files.backbone_from(backbone, patch, config.seed), config, out, progress, saving)
     return len(data.images)
 
 

@@ -6,22 +6,26 @@ Training cases are read with the case loader (image + label map, grids checked),
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from segxai.errors import SegxaiError
 from segxai.io import PathLike
 from segxai.models.case import Case, load_case
+from segxai.models.loop import Resumable
 from segxai.pipelines.options import RunOptions
 
 
 @dataclass
 class Trained:
-    """A written checkpoint and its validation Dice per class name (empty without validation cases)."""
+    """A written checkpoint, its validation Dice per class name (empty without validation cases) and losses."""
 
     path: Path
     dice: dict[str, float]
+    losses: list[float] = field(default_factory=list)
 
 
 def read_names(path: PathLike) -> dict[int, str]:
@@ -40,20 +44,72 @@ def read_labelled(images: Sequence[PathLike], labels: Sequence[PathLike] | None)
     return [load_case(image, reference=label) for image, label in zip(images, labels)]
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How file training respects the user's grid and time: resample 2D images to `size` (H, W) or volumes to
+    `spacing` (mm per axis), hold out `val_fraction` of the cases (at least one when there are 3 or more) for
+    Dice per class, augment, and save the model and training state every `checkpoint_every` steps so `resume`
+    continues an interrupted run."""
+
+    size: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    val_fraction: float = 0.2
+    augment: bool = True
+    checkpoint_every: int = 0
+    resume: bool = False
+
+    def resumable(self, out: PathLike) -> Resumable:
+        """The training-state file beside the checkpoint (`model.pt` -> `model.pt.state`)."""
+        path = Path(out)
+        return Resumable(path.with_name(path.name + ".state"), self.checkpoint_every, self.resume)
+
+
+def prepare_cases(cases: Sequence[Case], plan: TrainingPlan) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """The cases' images and label maps on the plan's grid, and the config fields that record it."""
+    from segxai.models.augment import resample, shape_for_spacing
+
+    if plan.size is not None and plan.spacing is not None:
+        raise SegxaiError("give --size (2D pictures) or --spacing (volumes), not both")
+    images, labels = [], []
+    for case in cases:
+        image, reference = case.image.array, case.reference
+        if plan.size is not None:
+            image, reference = resample(image, reference, plan.size)
+        elif plan.spacing is not None:
+            image, reference = resample(image, reference, shape_for_spacing(case.image.spatial_shape,
+                                                                            case.image.spacing, plan.spacing))
+        images.append(image)
+        labels.append(reference)
+    extra = {"input_size": list(plan.size)} if plan.size else {}
+    return images, labels, extra | ({"spacing": list(plan.spacing)} if plan.spacing else {})
+
+
+def split_cases(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded training and validation indices: `fraction` of the cases (at least one from 3 cases on) held out."""
+    if not 0 <= fraction < 1:
+        raise SegxaiError(f"the validation fraction must be in [0, 1), not {fraction}")
+    held = 0 if count < 3 or fraction == 0 else max(1, int(round(count * fraction)))
+    order = np.random.default_rng(seed).permutation(count).tolist()
+    return sorted(order[held:]), sorted(order[:held])
+
+
 def train_checkpoint(out: PathLike, *, phantom: str | None = None, shape: Sequence[int] = (64, 64, 32),
                      images: Sequence[PathLike] | None = None, labels: Sequence[PathLike] | None = None,
                      names: PathLike | None = None, intensity: dict[str, Any] | None = None, steps: int = 300,
-                     options: RunOptions = RunOptions()) -> Trained:
+                     plan: TrainingPlan = TrainingPlan(), options: RunOptions = RunOptions()) -> Trained:
     """Train a reference MONAI U-Net on seeded phantoms of kind `phantom`, or on image files with label maps
     and a class-names file, and save the checkpoint to `out`.
 
     Args:
-        out: the checkpoint path (.pt).
+        out: the checkpoint path (.pt); with `plan.checkpoint_every` it is rewritten as training goes, and the
+            training state is kept beside it (`<out>.state`).
         phantom: "abdomen" or "brain" (then `shape` is the phantom grid), or None to train on files.
-        shape: the phantom grid, H,W or H,W,D (sizes multiples of 4).
-        images, labels, names: training files, one label map per image, the names JSON file.
+        shape: the phantom grid, H,W or H,W,D.
+        images, labels, names: training files, one label map per image (any grids), the names JSON file (only
+            the classes it names are trained).
         intensity: the normalisation (e.g. `{"kind": "window", "low": -200, "high": 700}`).
         steps: optimiser steps.
+        plan: resampling, validation split, augmentation, checkpointing and resuming (files only).
         options: seed and progress.
     Returns:
         The checkpoint path and the validation Dice.
@@ -67,17 +123,22 @@ def train_checkpoint(out: PathLike, *, phantom: str | None = None, shape: Sequen
         if not images or not names:
             raise SegxaiError("--images needs --labels (one per image, same order) and --names")
         cases = read_labelled(images, labels)
+        arrays, maps, extra = prepare_cases(cases, plan)
+        train, val = split_cases(len(arrays), plan.val_fraction, options.seed)
         result = train_segmenter(
-            [c.image.array for c in cases], [c.reference for c in cases], names=read_names(names),
-            intensity=intensity, channel_names=cases[0].image.channel_names, steps=steps, seed=options.seed,
-            progress=options.progress,
+            [arrays[i] for i in train], [maps[i] for i in train], names=read_names(names),
+            val_images=[arrays[i] for i in val], val_labels=[maps[i] for i in val], intensity=intensity,
+            channel_names=cases[0].image.channel_names, steps=steps, seed=options.seed,
+            augment=plan.augment, saving=plan.resumable(out), extra_config=extra, progress=options.progress,
+            on_checkpoint=lambda net, config: save_checkpoint(out, net, config),
         )
-    return Trained(save_checkpoint(out, result.net, result.config), dict(result.dice))
+    return Trained(save_checkpoint(out, result.net, result.config), dict(result.dice), list(result.losses))
 
 
 def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike], names: PathLike, out: PathLike, *,
                           encoder: str = "tiny", context: int = 16, intensity: dict[str, Any] | None = None,
-                          steps: int = 300, options: RunOptions = RunOptions()) -> tuple[Path, float]:
+                          steps: int = 300, plan: TrainingPlan = TrainingPlan(),
+                          options: RunOptions = RunOptions()) -> tuple[Path, float]:
     """Train a text-prompted localizer on label maps and organ names and save it to `out`.
 
     Args:
@@ -87,6 +148,7 @@ def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike]
         context: the number of CoOp context vectors.
         intensity: the normalisation, as for `train_checkpoint`.
         steps: optimiser steps.
+        plan: its checkpoint interval and resume flag (the state is kept in `<out>.state`).
         options: seed and progress.
     Returns:
         The checkpoint path and the final training loss.
@@ -96,7 +158,8 @@ def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike]
     cases = read_labelled(images, labels)
     localizer = train_localizer(
         [c.image.array for c in cases], [c.reference for c in cases], read_names(names), build_encoder(encoder),
-        n_context=context, intensity=intensity, steps=steps, seed=options.seed, progress=options.progress,
+        n_context=context, intensity=intensity, steps=steps, seed=options.seed, saving=plan.resumable(out),
+        progress=options.progress,
     )
     return save_localizer(out, localizer), float(localizer.history[-1])
 
