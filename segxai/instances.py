@@ -1,5 +1,6 @@
 """Binary masks and their instances, in 2D and 3D: validation, connected components numbered as SciPy numbers
-them, and the typing of predicted instances against a reference (TP / FP / FN)."""
+them, instance label maps kept as given (touching objects stay apart), and the typing of predicted instances
+against a reference (TP / FP / FN)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,6 +35,36 @@ def label_instances(mask: np.ndarray, connectivity: int | None = None, min_size:
         renumber[keep] = np.arange(1, int(keep.sum()) + 1)
         labels = renumber[labels]
     return labels
+
+
+def as_instances(value: MaskLike, connectivity: int | None = None, min_size: int = 1) -> np.ndarray:
+    """Instances numbered 1..N from a binary mask (its connected components) or an instance label map.
+
+    A map holding more than one non-zero value is an instance label map: each value is one instance, kept as
+    given (touching instances are never merged), renumbered 1..N in ascending order of the given ids; instances
+    under `min_size` voxels are dropped. A boolean or 0/1 mask is split into connected components
+    (`label_instances`).
+    """
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
+        return label_instances(as_mask(array).numpy(), connectivity=connectivity, min_size=min_size)
+    if array.dtype.kind == "f" and not np.array_equal(array, np.rint(array)):
+        raise SegxaiError("an instance label map holds integer ids; binarise a probability map first")
+    ids = np.unique(array[array != 0])
+    if len(ids) <= 1:
+        return label_instances(array != 0, connectivity=connectivity, min_size=min_size)
+    if ids.min() < 0:
+        raise SegxaiError(f"instance ids must be positive, found {ids.min()}")
+    dense = np.searchsorted(ids, array) + 1
+    numbered = np.where(array != 0, dense, 0)
+    if min_size > 1:
+        sizes = np.bincount(numbered.ravel(), minlength=len(ids) + 1)
+        keep = sizes >= min_size
+        keep[0] = False
+        renumber = np.zeros(len(ids) + 1, dtype=np.int64)
+        renumber[keep] = np.arange(1, int(keep.sum()) + 1)
+        numbered = renumber[numbered]
+    return numbered.astype(np.int64)
 
 
 def as_mask(value: MaskLike, name: str = "mask") -> torch.Tensor:
@@ -104,24 +135,24 @@ def _ratio(part: int, whole: int) -> float:
 def lesion_types(
     prediction: MaskLike, reference: MaskLike, *, connectivity: int | None = None, min_size: int = 1
 ) -> LesionTypes:
-    """Type the connected components of a binary prediction against a binary reference.
+    """Type the instances of a prediction against the instances of a reference.
 
-    A predicted component overlapping the reference at all is TP, otherwise FP; a reference component that
-    no kept predicted component touches is FN. Components are 18-connected in 3D by default; `min_size` drops
-    predicted components below that many voxels (the IES code keeps those of more than 5, i.e. min_size=6).
+    Each side is a binary mask (split into connected components, 18-connected in 3D by default) or an instance
+    label map (its instances kept as given, see `as_instances`: touching nuclei stay apart). A predicted
+    instance overlapping the reference at all is TP, otherwise FP; a reference instance that no kept predicted
+    instance touches is FN. `min_size` drops predicted instances below that many voxels (the IES code keeps
+    those of more than 5, i.e. min_size=6).
     """
-    pred = as_mask(prediction, "prediction").numpy()
-    ref = as_mask(reference, "reference").numpy()
-    if pred.shape != ref.shape:
-        raise SegxaiError(f"prediction {pred.shape} and reference {ref.shape} must have the same shape")
-    predicted = label_instances(pred, connectivity=connectivity, min_size=min_size)
-    references = label_instances(ref, connectivity=connectivity)
-    hit_predicted = set(np.unique(predicted[ref]).tolist()) - {0}
+    predicted = as_instances(prediction, connectivity=connectivity, min_size=min_size)
+    references = as_instances(reference, connectivity=connectivity)
+    if predicted.shape != references.shape:
+        raise SegxaiError(f"prediction {predicted.shape} and reference {references.shape} must have the same shape")
+    hit_predicted = set(np.unique(predicted[references > 0]).tolist()) - {0}
     hit_reference = set(np.unique(references[predicted > 0]).tolist()) - {0}
     lesions = [
         Lesion(label, "TP" if label in hit_predicted else "FP", "prediction", label)
-        for label in range(1, int(predicted.max()) + 1)
+        for label in range(1, int(predicted.max(initial=0)) + 1)
     ]
-    missed = [label for label in range(1, int(references.max()) + 1) if label not in hit_reference]
+    missed = [label for label in range(1, int(references.max(initial=0)) + 1) if label not in hit_reference]
     lesions += [Lesion(len(lesions) + i, "FN", "reference", label) for i, label in enumerate(missed, start=1)]
     return LesionTypes(predicted, references, lesions)

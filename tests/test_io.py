@@ -282,7 +282,7 @@ def test_missing_file_and_unknown_extension(tmp_path):
     with pytest.raises(SegxaiError, match="scan.mha: unknown file type"):
         load_image(tmp_path / "scan.mha")
     with pytest.raises(SegxaiError, match="unknown file type"):
-        save_array(np.zeros((2, 2)), tmp_path / "out.tif")
+        save_array(np.zeros((2, 2)), tmp_path / "out.mha")
 
 
 def test_nan_is_not_a_reading_error(tmp_path):

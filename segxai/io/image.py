@@ -16,6 +16,10 @@ PathLike = str | os.PathLike[str]
 AFFINE_TOLERANCE_MM = 1e-3
 LABEL_TOLERANCE = 1e-3
 _EXTENSIONS = {
+    ".ome.tiff": "tiff",
+    ".ome.tif": "tiff",
+    ".tiff": "tiff",
+    ".tif": "tiff",
     ".nii.gz": "nifti",
     ".nii": "nifti",
     ".png": "png",
@@ -31,8 +35,9 @@ class Image:
     """A channels-first image `(C, *spatial)` with its geometry and where it came from.
 
     Spatial axes are exactly as stored: NIfTI voxel axes (i, j, k) untransposed so `affine` applies
-    directly (DICOM is arranged the same way), PNG/JPEG (rows, cols). `affine` maps voxel indices to
-    RAS world millimetres; it is None for PNG, JPEG and NumPy files. `array` is stored as float32.
+    directly (DICOM is arranged the same way), PNG/JPEG (rows, cols), TIFF its stored (Z,) Y, X. `affine`
+    maps voxel indices to RAS world millimetres; it is None for PNG, JPEG, TIFF and NumPy files, which may
+    carry a `pixel_size` (mm per spatial axis, e.g. from TIFF metadata) instead. `array` is stored as float32.
     """
 
     array: np.ndarray
@@ -40,6 +45,7 @@ class Image:
     kind: str = "numpy"
     source: tuple[Path, ...] = ()
     channel_names: tuple[str, ...] = ()
+    pixel_size: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         self.array = np.asarray(self.array, dtype=np.float32)
@@ -55,6 +61,10 @@ class Image:
             raise SegxaiError(
                 f"{len(self.channel_names)} channel names {self.channel_names} for {self.array.shape[0]} channels"
             )
+        if self.pixel_size is not None:
+            self.pixel_size = tuple(float(v) for v in self.pixel_size)
+            if len(self.pixel_size) != self.spatial_dims or min(self.pixel_size) <= 0:
+                raise SegxaiError(f"pixel_size {self.pixel_size} needs one positive size per spatial axis")
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -66,9 +76,9 @@ class Image:
 
     @property
     def spacing(self) -> tuple[float, ...]:
-        """Voxel size along each spatial axis in mm (the affine's column norms), or ones without an affine."""
+        """Voxel size along each spatial axis in mm (the affine's column norms, else `pixel_size`, else ones)."""
         if self.affine is None:
-            return (1.0,) * self.spatial_dims
+            return tuple(self.pixel_size) if self.pixel_size is not None else (1.0,) * self.spatial_dims
         return tuple(float(np.linalg.norm(self.affine[:3, i])) for i in range(self.spatial_dims))
 
 

@@ -1,4 +1,5 @@
-"""Readers: NIfTI, PNG/JPEG and NumPy files (DICOM series in `segxai.io.dicom`), as `Image`s with geometry."""
+"""Readers: NIfTI, PNG/JPEG and NumPy files (DICOM series in `segxai.io.dicom`, TIFF in `segxai.io.tiff`), as
+`Image`s with geometry."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ import PIL.Image
 
 from segxai.errors import SegxaiError
 from segxai.io.dicom import dicom_directory_files, read_dicom
+from segxai.io.tiff import read_tiff, read_tiff_labels
 from segxai.io.image import (
     AFFINE_TOLERANCE_MM,
     LABEL_TOLERANCE,
@@ -50,7 +52,7 @@ def load_mask(path: PathLike, like: Image | None = None) -> np.ndarray:
 
     RGB/RGBA PNGs are black/white binary masks (channel 0 > 127 -> 1) and JPEG masks, being lossy, are
     always read that way; greyscale, 16-bit and palette PNGs keep their stored integer labels. NIfTI and
-    NumPy label maps must hold integers (within 1e-3).
+    NumPy label maps must hold integers (within 1e-3); TIFF label maps keep their stored labels (instance ids).
     """
     path = Path(path)
     check_exists(path)
@@ -63,6 +65,8 @@ def load_mask(path: PathLike, like: Image | None = None) -> np.ndarray:
         labels = _as_labels(data.reshape(spatial), path)
     elif kind in ("png", "jpeg"):
         labels, affine = _pil_labels(_open_pil(path), path, kind).astype(np.int64), None
+    elif kind == "tiff":
+        labels, affine = read_tiff_labels(path), None
     elif kind == "numpy":
         labels, affine = _as_labels(_load_npy(path), path), None
         if labels.ndim not in (2, 3):
@@ -92,6 +96,8 @@ def _read_one(path: Path) -> Image:
         return _read_pil(path, kind)
     if kind == "numpy":
         return _read_numpy(path)
+    if kind == "tiff":
+        return read_tiff(path)
     files = dicom_directory_files(path) if path.is_dir() else [path]
     return read_dicom(files, name=path.name if path.is_dir() else path.parent.name)
 
@@ -123,6 +129,7 @@ def _stack(images: list[Image]) -> Image:
         kind=first.kind,
         source=tuple(p for image in images for p in image.source),
         channel_names=tuple(names),
+        pixel_size=first.pixel_size,
     )
 
 

@@ -12,10 +12,12 @@ from segxai.atomic import atomic_write
 from segxai.errors import SegxaiError
 from segxai.io.image import Image, PathLike, check_exists, file_kind, reading
 from segxai.io.read import load_image, nifti_spatial
+from segxai.io.tiff import write_tiff
 
 
 def save_array(array: np.ndarray, path: PathLike, like: Image | PathLike | None = None) -> Path:
-    """Write a spatial (2D or 3D) array as `.nii`/`.nii.gz` (with `like`'s affine), `.png` or `.npy`, atomically.
+    """Write a spatial (2D or 3D) array as `.nii`/`.nii.gz` (with `like`'s affine), `.png`, `.tif` (with
+    `like`'s pixel size) or `.npy`, atomically.
 
     `like` (an Image or an image path) gives the grid: the array must have its spatial shape, and the
     path is refused when it is one of the files `like` was read from.
@@ -30,8 +32,8 @@ def save_array(array: np.ndarray, path: PathLike, like: Image | PathLike | None 
     if any(path.resolve() == source.resolve() for source in sources):
         raise SegxaiError(f"refusing to overwrite {path}: it is an input image; choose another output path")
     kind = file_kind(path)
-    if kind not in ("nifti", "png", "numpy"):
-        raise SegxaiError(f"cannot write {path}: save_array writes .nii.gz, .nii, .png or .npy files")
+    if kind not in ("nifti", "png", "numpy", "tiff"):
+        raise SegxaiError(f"cannot write {path}: save_array writes .nii.gz, .nii, .png, .tif or .npy files")
     if kind == "png":
         array = _png_ready(array, path)
     with atomic_write(path) as temp:
@@ -39,6 +41,8 @@ def save_array(array: np.ndarray, path: PathLike, like: Image | PathLike | None 
             _write_nifti(array, temp, np.eye(4) if affine is None else affine)
         elif kind == "png":
             PIL.Image.fromarray(array).save(temp, format="PNG")
+        elif kind == "tiff":
+            write_tiff(_nifti_dtype(array), temp, like.pixel_size if isinstance(like, Image) else None)
         else:
             with open(temp, "wb") as handle:
                 np.save(handle, array)
@@ -85,14 +89,15 @@ def _nifti_dtype(array: np.ndarray) -> np.ndarray:
 
 
 def _png_ready(array: np.ndarray, path: Path) -> np.ndarray:
-    """A bool or uint8 2D array as uint8 (bool -> 0/255); anything else needs the caller to normalise."""
+    """A bool, uint8 or uint16 (16-bit label maps, e.g. instance ids) 2D array (bool -> 0/255); anything else
+    needs the caller to normalise."""
     if array.ndim != 2:
         raise SegxaiError(f"cannot write {path}: PNG holds 2D arrays, got shape {array.shape}; use .nii.gz for 3D")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
-    elif array.dtype != np.uint8:
+    elif array.dtype not in (np.uint8, np.uint16):
         raise SegxaiError(
-            f"cannot write {array.dtype} array to {path}: PNG output takes bool or uint8; normalise to 0..255 "
+            f"cannot write {array.dtype} array to {path}: PNG output takes bool, uint8 or uint16; normalise to 0..255 "
             "uint8 first (or save as .npy / .nii.gz to keep the values)"
         )
     return array

@@ -18,7 +18,7 @@ import torch
 
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation, Explanations, ItemStats, stats_view
-from segxai.instances import label_instances, lesion_types
+from segxai.instances import as_instances, label_instances, lesion_types
 from segxai.methods.base import Explainer, as_segmodel, resolve_batch_size
 from segxai.methods.perturb.engine import CROP_ALIGNMENT
 from segxai.methods.smoothgrad import noise_sigma
@@ -43,6 +43,13 @@ class FoundInstance:
     mask: torch.Tensor
 
 
+def given_instances(labels: np.ndarray | torch.Tensor) -> list[FoundInstance]:
+    """The instances of an instance label map (e.g. an instance model's prediction), kept as given (touching
+    objects stay apart), numbered 1..N in ascending order of their ids: pass them as `instances=`."""
+    numbered = as_instances(labels)
+    return [FoundInstance(i, "given", torch.from_numpy(numbered == i)) for i in range(1, int(numbered.max(initial=0)) + 1)]
+
+
 def find_instances(model: SegModel, x: torch.Tensor, cls: int, reference: np.ndarray | torch.Tensor | None = None,
                    *, connectivity: int | None = None, min_size: int = 1) -> list[FoundInstance]:
     """The instances of class `cls` predicted on the single-image batch `x`; with a `reference` mask, typed by
@@ -52,7 +59,8 @@ def find_instances(model: SegModel, x: torch.Tensor, cls: int, reference: np.nda
         model: the model adapter.
         x: a `(1, C, *spatial)` batch.
         cls: the class.
-        reference: a mask on the image grid, or None.
+        reference: a mask on the image grid (split into connected components), an instance label map (its
+            instances kept as given: touching objects stay apart), or None.
         connectivity: SciPy's connectivity rank (None: 4-connected in 2D, 18-connected in 3D, see `label_instances`).
         min_size: smallest instance kept, in voxels.
 
@@ -67,7 +75,7 @@ def find_instances(model: SegModel, x: torch.Tensor, cls: int, reference: np.nda
     truth = reference.detach().cpu().numpy() if isinstance(reference, torch.Tensor) else np.asarray(reference)
     if truth.shape != predicted.shape:
         raise SegxaiError(f"the reference mask has shape {truth.shape} but the image grid is {predicted.shape}")
-    typed = lesion_types(predicted, truth.astype(bool), connectivity=connectivity, min_size=min_size)
+    typed = lesion_types(predicted, truth, connectivity=connectivity, min_size=min_size)
     return [FoundInstance(lesion.id, lesion.type, torch.from_numpy(typed.mask(lesion))) for lesion in typed.lesions]
 
 

@@ -104,7 +104,9 @@ class Case:
     @property
     def map_format(self) -> tuple[str, Image | None]:
         """The extension of label maps written for this case (NIfTI for volumes and scans, PNG for 2D pictures)
-        and the grid reference that carries its geometry."""
+        and the grid reference that carries its geometry; TIFF in, TIFF out (with its pixel size)."""
+        if self.image.kind == "tiff":
+            return ".tif", self.image
         volume = self.image.kind in ("nifti", "dicom") or self.image.spatial_dims == 3
         return (".nii.gz", self.image) if volume else (".png", None)
 

@@ -40,7 +40,8 @@ def explain_instances_case(
     modality shares), `radial_profiles.csv`, plots and `report.html`.
 
     Args:
-        case: the case with its model; its reference (non-zero voxels) is the lesion mask, when it has one.
+        case: the case with its model; its reference is the lesion mask (its non-zero voxels) or, when it holds
+            values beyond the model's classes, an instance label map whose instances are kept (touching nuclei).
         cls: the class whose instances are explained.
         out_dir: the output folder.
         method: smoothgrad or saliency (gradients shared between instances) or any registered method.
@@ -58,7 +59,7 @@ def explain_instances_case(
     from segxai.metrics.instance import instance_rows, radial_profile
 
     out = prepare_output_dir(out_dir, case.files)
-    truth = None if case.reference is None else case.reference > 0
+    truth = None if case.reference is None else lesion_reference(case)
     params = dict(params or {})
     shared = method in SHARED_METHODS
     explainer = method if shared else get_method(method, case.segmenter, **params)
@@ -90,6 +91,15 @@ def explain_instances_case(
     written["report"] = _write_report(out, explanations, rows, written, case,
                                       title or f"{method} of every instance of class {cls}", options.command)
     return InstanceFileExplanation(explanations, rows, written)
+
+
+def lesion_reference(case: Case) -> np.ndarray:
+    """The case's reference for instance typing: an instance label map (values beyond the model's classes, e.g.
+    nucleus ids 1..125 for a two-class model) is kept as it is, so touching instances stay apart; any other
+    label map becomes its non-zero mask (split into connected components)."""
+    reference = np.asarray(case.reference)
+    classes = (case.model.config.get("network", {}).get("out_channels") if case.model is not None else None) or 2
+    return reference if int(reference.max(initial=0)) >= int(classes) else reference > 0
 
 
 def _instance_plots(out: Path, rows: list[dict[str, Any]], profiles: dict, channel_name: str) -> dict[str, Path]:
