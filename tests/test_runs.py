@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +18,7 @@ from segxai.errors import SegxaiError
 from segxai.methods.base import Explainer
 from segxai.pipelines.runs import parse_config, run
 from segxai.pipelines.runs.worker import CaseWorker
+from tests.chromium import chromium, needs_chromium
 
 SHAPE = (32, 32)
 N_CASES = 4
@@ -192,27 +191,22 @@ def test_run_writes_outputs_manifest_summaries_and_report(dataset, tmp_path, mon
     assert [r["method"] for r in table] == [line.split(",")[0] for line in summary[1:]]
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Count the report's images that failed to load once the page has loaded, into an attribute --dump-dom shows.
 IMAGE_PROBE = ("<script>addEventListener('load', () => document.body.dataset.broken = "
                "[...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length);</script>")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian: apt-get install chromium)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(dataset, tmp_path):
     run(write_config(dataset, tmp_path / "out"), progress=False)
     out = tmp_path / "out"
     probe = out / "report_probe.html"  # beside the report, so relative figure paths resolve the same way
     probe.write_text((out / "report.html").read_text().replace("</body>", IMAGE_PROBE + "</body>"))
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=10000"]
-    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = chromium(probe, tmp_path / "profile")
     images = re.findall(r"<img\b", dom)
     assert len(images) >= 3 and "Method comparison" in dom and "<table" in dom
     assert 'data-broken="0"' in dom
-    subprocess.run([*flags, f"--screenshot={tmp_path / 'shot.png'}", "--window-size=1200,900", probe.as_uri()],
-                   capture_output=True, timeout=120)
+    chromium(probe, tmp_path / "profile2", screenshot=tmp_path / "shot.png")
     shot = np.asarray(PIL.Image.open(tmp_path / "shot.png").convert("L"))
     assert shot.shape == (900, 1200) and shot.std() > 5  # something was drawn, not a blank page
 

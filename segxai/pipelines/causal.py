@@ -14,7 +14,7 @@ from segxai.explanation import Explanation
 from segxai.models.case import Case
 from segxai.pipelines.grammar import RoiSpec, parse_roi
 from segxai.pipelines.options import RunOptions
-from segxai.report.overlay import save_overlay
+from segxai.report.views import views_like
 
 POOL_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz", ".npy")
 
@@ -73,7 +73,7 @@ def causal_blocks_case(
                                  progress=options.progress)
     explanation.stats.update(checkpoint=str(case.model.path), images=[str(p) for p in case.image_files])
     _, like = case.map_format
-    written = explanation.save(out, like=like, name="ate", channel_names=["all"], overlay=save_overlay)
+    written = explanation.save(out, like=like, name="ate", channel_names=["all"], overlay=views_like(like))
     blocks = explanation.stats.get("blocks", [])
     written["blocks_csv"] = write_csv(blocks, out / "blocks.csv")
     figures = save_causal_figures(explanation, out)

@@ -15,7 +15,7 @@ from segxai.explanation import Explanation
 from segxai.models.case import Case
 from segxai.pipelines.grammar import EveryInstance, RoiSpec, parse_roi, read_target
 from segxai.pipelines.options import RunOptions
-from segxai.report.overlay import save_overlay
+from segxai.report.views import views_like
 from segxai.targets import Target, description_text
 
 
@@ -72,12 +72,12 @@ def explain_case(
                              modality_share=share)
     extension, like = case.map_format
     channels = names if share else ["all"] * explanation.attribution.shape[0]
-    written = explanation.save(out, like=like, channel_names=channels, overlay=save_overlay)
+    written = explanation.save(out, like=like, channel_names=channels, overlay=views_like(like))
     prediction = case.prediction.numpy().astype(np.uint8)
     written["prediction"] = save_array(prediction, out / f"prediction{extension}", like=like)
     named = target if isinstance(target, str) else description_text(chosen.describe())
     written["report"] = _write_report(out, explanation, written, case, share, title or f"{method} of {named}",
-                                      options.command)
+                                      options.command, like)
     return FileExplanation(explanation, case, written, share)
 
 
@@ -91,18 +91,39 @@ def modality_share(explanation: Explanation, channel_names: Sequence[str]) -> di
 
 
 def _write_report(out: Path, explanation: Explanation, written: dict[str, Path], case: Case, share: dict,
-                  title: str, command: str | None) -> Path:
-    from segxai.report import Figure, Section, write_report
+                  title: str, command: str | None, like: Any) -> Path:
+    from segxai.report import Figure, Section, quantity_rows, write_report
 
     stats = explanation.stats
-    caption = "attribution summed over channels; target outlined"
-    figures = [Figure(p.name, caption) for key, p in written.items() if key.endswith("_overlay")]
-    rows = [{"quantity": k, "value": v} for k, v in stats.items()
-            if k not in ("params", "target", "images", "modality_share")]
+    volume = explanation.spatial_dims == 3
+    caption = ("attribution summed over channels, windowed symmetrically; target outlined"
+               + ("; three orthogonal views through the target's centre, radiological convention" if volume else ""))
+    figures = [Figure(p.name, caption, wide=volume) for key, p in written.items() if key.endswith("_overlay")]
+    rows = quantity_rows(stats)
     rows += [{"quantity": f"share of |attribution| in {k}", "value": v} for k, v in share.items()]
     sections = [
         Section(title, text=f"Target: {description_text(stats['target'])}", figures=figures, table=rows),
+        *([_viewer_section(explanation, like)] if volume else []),
         Section("Model", table=case.model.class_rows()),
         Section("Files", table=[{"output": k, "file": p.name} for k, p in written.items()]),
     ]
     return write_report(out / "report.html", title, sections, command=command)
+
+
+def _viewer_section(explanation: Explanation, like: Any):
+    """The interactive viewer of image, map and target (NiiVue from `segxai[viewer]`), or a line saying how
+    to get it."""
+    from segxai.report import Section
+    from segxai.report.overlay import robust_limit
+    from segxai.report.viewer import viewer_html
+
+    attribution = explanation.attribution.detach().cpu().float().numpy().sum(0)
+    image = explanation.inputs.detach().cpu().float().numpy()[0]
+    mask = explanation.target_mask
+    markup = viewer_html(image, attribution, mask=None if mask is None else mask.cpu().numpy(),
+                         affine=getattr(like, "affine", None), limit=robust_limit(attribution))
+    if markup is None:
+        return Section("Interactive viewer", text="Install segxai[viewer] (ipyniivue) for an interactive viewer here.")
+    return Section("Interactive viewer", text=("Image, map (warm colours positive, cool negative, the window above) "
+                                               "and the target's surface (green); drag to move, scroll to page."),
+                   markup=markup)

@@ -12,7 +12,7 @@ from segxai.errors import SegxaiError
 from segxai.explanation import Explanations
 from segxai.models.case import Case
 from segxai.pipelines.options import RunOptions
-from segxai.report.overlay import save_overlay
+from segxai.report.views import views_like
 
 
 @dataclass
@@ -78,7 +78,7 @@ def explain_instances_case(
         index = explanation.stats["instance"]
         labels[explanation.target_mask.numpy()] = index
         written.update(explanation.save(out / "instances", like=like, name=f"instance{index:03d}",
-                                        channel_names=names, overlay=save_overlay))
+                                        channel_names=names, overlay=views_like(like)))
     written["instances"] = save_array(labels, out / f"instances{extension}", like=like)
     spacing = case.image.spacing
     rows = instance_rows(explanations, channel_names=names, spacing=spacing)

@@ -13,7 +13,7 @@ import numpy as np
 
 from segxai.atomic import write_bytes
 from segxai.errors import SegxaiError
-from segxai.report.overlay import _draw_underlay, _plan, _plane, new_figure, png_bytes
+from segxai.report.overlay import _plan, _plane, draw_underlay, new_figure, png_bytes
 
 if TYPE_CHECKING:
     from segxai.explanation import Explanation
@@ -34,7 +34,7 @@ def save_ate_overlay(path: str | Path, image: np.ndarray, ate: np.ndarray, regio
     plan = _plan(ate.shape, -1, None, np.abs(ate) if ate.any() else None)
     fig = new_figure(5.0, 5.0)
     ax = fig.add_subplot()
-    _draw_underlay(ax, image, plan)
+    draw_underlay(ax, image, plan)
     limit = max(float(np.abs(ate).max()), 1e-12)
     ax.imshow(_plane(ate, plan), cmap=CMAP, vmin=-limit, vmax=limit, alpha=MAP_ALPHA, interpolation="nearest")
     if region is not None and np.any(_plane(np.asarray(region, bool), plan)):

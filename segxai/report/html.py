@@ -24,20 +24,24 @@ if TYPE_CHECKING:
 
 @dataclass
 class Figure:
-    """An image shown in a section; `path` is relative to the report's directory."""
+    """An image shown in a section; `path` is relative to the report's directory; a `wide` one (three views)
+    takes the section's whole width."""
 
     path: str
     caption: str = ""
+    wide: bool = False
 
 
 @dataclass
 class Section:
-    """A titled block: plain-text paragraphs (split on blank lines), figures in a grid, and a table of rows."""
+    """A titled block: plain-text paragraphs (split on blank lines), figures in a grid, a table of rows, and
+    `markup`: trusted HTML made by segxai itself (the interactive viewer), inserted as is."""
 
     title: str
     text: str = ""
     figures: list[Figure] = field(default_factory=list)
     table: list[dict[str, object]] = field(default_factory=list)
+    markup: str = ""
 
 
 def write_report(
@@ -94,12 +98,34 @@ def _check_figures(root: Path, section: Section) -> None:
                               f"(looked for {root / figure.path})")
 
 
+def quantity_rows(stats: dict[str, Any], skip: Sequence[str] = ()) -> list[dict[str, object]]:
+    """`{"quantity", "value"}` rows of an explanation's stats in units a reader takes in: bytes as MB, seconds
+    as s, names with spaces; nested entries (params, target, ...), unset ones and `skip` left out."""
+    rows: list[dict[str, object]] = []
+    for key, value in stats.items():
+        if key in skip or value is None or isinstance(value, (dict, list, tuple)):
+            continue
+        name = key.replace("_", " ")
+        if key.endswith("_bytes") and isinstance(value, (int, float)):
+            name, value = name.removesuffix(" bytes") + " (MB)", round(value / 2**20, 1)
+        elif key == "seconds" and isinstance(value, (int, float)):
+            name, value = "time (s)", round(float(value), 2)
+        rows.append({"quantity": name, "value": value})
+    return rows
+
+
 def _section_context(section: Section) -> dict[str, Any]:
-    columns = list(dict.fromkeys(key for row in section.table for key in row))
+    from markupsafe import Markup
+
+    # a column empty in every row (e.g. "validation Dice" of a model trained without validation cases) is left out
+    columns = [column for column in dict.fromkeys(key for row in section.table for key in row)
+               if any(_format_value(row.get(column)) != "" for row in section.table)]
     return {
         "title": section.title,
         "paragraphs": [p.strip() for p in re.split(r"\n\s*\n", section.text) if p.strip()],
-        "figures": [{"src": quote(Path(f.path).as_posix()), "caption": f.caption} for f in section.figures],
+        "figures": [{"src": quote(Path(f.path).as_posix()), "caption": f.caption, "wide": f.wide}
+                    for f in section.figures],
+        "markup": Markup(section.markup),
         "columns": columns,
         "rows": [[_format_value(row.get(column)) for column in columns] for row in section.table],
     }

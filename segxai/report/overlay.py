@@ -24,7 +24,7 @@ _OVERLAY_INCHES = 5.0
 _MONTAGE_PANEL_INCHES = 4.5
 _ROBUST_PERCENTILE = 99.5
 _ALPHA = 0.85  # opacity of the map at its colour limit; weaker values are more transparent
-_CONTOURS = (("mask", "lime", "solid"), ("ROI", "yellow", "dashed"))
+_CONTOURS = (("target", "lime", "solid"), ("ROI", "yellow", "dashed"))
 
 Plan = tuple[int, int] | None  # (spatial axis, slice index) for 3D, None for 2D
 
@@ -79,10 +79,10 @@ def save_overlay(
     plan = _plan(channels.shape[1:], axis, slice_index, weights)
     fig = new_figure(_OVERLAY_INCHES, _OVERLAY_INCHES)
     ax = fig.add_subplot()
-    _draw_underlay(ax, channels, plan)
+    draw_underlay(ax, channels, plan)
     if attribution is not None:
-        _draw_map(fig, ax, _plane(arrays["attribution"], plan), signed, alpha)
-    _draw_contours(ax, _plane(arrays["mask"], plan), _plane(arrays["roi"], plan), legend=True)
+        draw_map(fig, ax, _plane(arrays["attribution"], plan), signed, alpha)
+    draw_contours(ax, _plane(arrays["mask"], plan), _plane(arrays["roi"], plan), legend=True)
     ax.set_title(_title(title, plan, channels.shape[1:]), fontsize=11)
     return write_bytes(path, png_bytes(fig))
 
@@ -111,9 +111,9 @@ def save_montage(
     fig = new_figure(_MONTAGE_PANEL_INCHES * len(maps), _MONTAGE_PANEL_INCHES)
     for i, (name, arr) in enumerate(zip(maps, arrays.values())):
         ax = fig.add_subplot(1, len(maps), i + 1)
-        _draw_underlay(ax, channels, plan)
-        _draw_map(fig, ax, _plane(arr, plan), True, _ALPHA)
-        _draw_contours(ax, _plane(mask_arr, plan), None, legend=i == 0)
+        draw_underlay(ax, channels, plan)
+        draw_map(fig, ax, _plane(arr, plan), True, _ALPHA)
+        draw_contours(ax, _plane(mask_arr, plan), None, legend=i == 0)
         ax.set_title(str(name), fontsize=11)
     if plan is not None:
         fig.suptitle(_title(None, plan, channels.shape[1:]), fontsize=11)
@@ -208,7 +208,7 @@ def png_bytes(fig: MplFigure) -> bytes:
     return buffer.getvalue()
 
 
-def _draw_underlay(ax: Axes, channels: np.ndarray, plan: Plan) -> None:
+def draw_underlay(ax: Axes, channels: np.ndarray, plan: Plan) -> None:
     """Grey channel 0 scaled over the whole volume (consistent across slices), or RGB for a 2D 3-channel image."""
     ax.set_axis_off()
     if channels.shape[0] == 3 and channels.ndim == 3:
@@ -221,8 +221,17 @@ def _draw_underlay(ax: Axes, channels: np.ndarray, plan: Plan) -> None:
     ax.imshow(plane, cmap="gray", vmin=low, vmax=max(high, low + 1e-12), interpolation="nearest")
 
 
-def _draw_map(fig: MplFigure, ax: Axes, attribution: np.ndarray, signed: bool, alpha: float) -> None:
-    """The map with exact zeros transparent, on a robust colour scale, with a colour bar in real units."""
+def robust_limit(attribution: np.ndarray) -> float:
+    """The colour limit of a map: the 99.5th percentile of its non-zero |values| (1 for an all-zero map)."""
+    nonzero = np.abs(np.asarray(attribution, dtype=np.float64))
+    nonzero = nonzero[nonzero != 0]
+    return float(np.percentile(nonzero, _ROBUST_PERCENTILE)) if nonzero.size else 1.0
+
+
+def draw_map(fig: MplFigure, ax: Axes, attribution: np.ndarray, signed: bool, alpha: float,
+             limit: float | None = None, label: str | None = None, bar: bool = True) -> None:
+    """The map with exact zeros transparent, windowed symmetrically at `limit` (default: its robust limit),
+    with a colour bar in real units labelled `label` (default "attribution" or "|attribution|")."""
     import matplotlib
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -230,7 +239,7 @@ def _draw_map(fig: MplFigure, ax: Axes, attribution: np.ndarray, signed: bool, a
     shown = np.asarray(attribution, dtype=np.float64)
     shown = shown if signed else np.abs(shown)
     nonzero = np.abs(shown[shown != 0])
-    limit = float(np.percentile(nonzero, _ROBUST_PERCENTILE)) if nonzero.size else 1.0
+    limit = robust_limit(shown) if limit is None else float(limit)
     cmap = matplotlib.colormaps["RdBu_r" if signed else "inferno"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
     norm = Normalize(-limit if signed else 0.0, limit)
     clipped = nonzero.size > 0 and nonzero.max() > limit
@@ -239,16 +248,18 @@ def _draw_map(fig: MplFigure, ax: Axes, attribution: np.ndarray, signed: bool, a
     # instead of veiling it, and exact zeros stay fully transparent.
     opacity = alpha * np.clip(np.abs(shown) / limit, 0.0, 1.0) ** 0.5
     ax.imshow(np.ma.masked_equal(shown, 0.0), cmap=cmap, norm=norm, alpha=opacity, interpolation="nearest")
+    if not bar:
+        return
     # The bar is opaque (easier to read than the blended overlay) and, as its width is a fraction of the
     # image width, widened for tall images so that it spans their height.
     rows, cols = shown.shape
-    bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.05 * max(1.0, rows / cols), pad=0.02,
-                       extend=extend)
-    bar.formatter.set_powerlimits((-2, 3))  # 1e-3-sized gradients read as "x1e-3" ticks, not 0.00075
-    bar.set_label("attribution" if signed else "|attribution|")
+    colour_bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.05 * max(1.0, rows / cols), pad=0.02,
+                              extend=extend)
+    colour_bar.formatter.set_powerlimits((-2, 3))  # 1e-3-sized gradients read as "x1e-3" ticks, not 0.00075
+    colour_bar.set_label(label or ("attribution" if signed else "|attribution|"))
 
 
-def _draw_contours(ax: Axes, mask: np.ndarray | None, roi: np.ndarray | None, legend: bool) -> None:
+def draw_contours(ax: Axes, mask: np.ndarray | None, roi: np.ndarray | None, legend: bool) -> None:
     """Outline mask > 0 (solid lime) and roi > 0 (dashed yellow); a region filling the plane has no outline."""
     from matplotlib.lines import Line2D
 

@@ -44,7 +44,8 @@ def write_run_report(out: Path, config: RunConfig, records: Sequence[Mapping[str
         Section("By method and target", table=list(by_target)),
         Section("Metric distributions", figures=[f for f in figures if f is not None]),
         Section("Runtime vs passes", figures=[_runtime_scatter(out, rows, methods)] if rows else []),
-        Section("Cases", text="Attribution summed over channels, target outlined (3D: the strongest slice).",
+        Section("Cases", text=("Attribution summed over channels, windowed symmetrically, target outlined (3D: three "
+                               "orthogonal views through the target's centre, radiological convention)."),
                 figures=_case_grid(out, records, config.report.cases)),
         *([Section("Failed cases", table=failed)] if failed else []),
         Section("Configuration", table=[{"key": k, "value": v} for k, v in _flatten(config.source).items()]),
@@ -84,8 +85,14 @@ def _runtime_scatter(out: Path, rows: Sequence[Mapping[str, Any]], methods: list
 
 def _case_grid(out: Path, records: Sequence[Mapping[str, Any]], limit: int) -> list[Figure]:
     """The saved overlays of the first `limit` finished cases, every method and variant."""
+    import PIL.Image
+
+    def wide(path: str) -> bool:  # three views side by side take the report's whole width
+        with PIL.Image.open(out / path) as image:
+            return image.width > 2 * image.height
+
     done = [r for r in records if r["status"] == "done"][:limit]
-    return [Figure(path, f"{record['case']}: {key.rsplit('_overlay', 1)[0].replace('/', ' / ')}")
+    return [Figure(path, f"{record['case']}: {key.rsplit('_overlay', 1)[0].replace('/', ' / ')}", wide=wide(path))
             for record in done for key, path in record["outputs"].items() if key.endswith("_overlay")]
 
 

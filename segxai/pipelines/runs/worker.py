@@ -23,7 +23,7 @@ from segxai.models.case import Case
 from segxai.pipelines.grammar import RoiSpec
 from segxai.pipelines.runs.config import RunConfig
 from segxai.pipelines.runs.dataset import CaseFiles
-from segxai.report.overlay import save_overlay
+from segxai.report.views import views_like
 
 DONE, FAILED = "done", "failed"
 
@@ -99,7 +99,7 @@ class CaseWorker:
             explanation = explain(case.inputs)
             names = channels if explanation.attribution.shape[0] == len(channels) else None
             written = explanation.save(self.out / "cases" / case.name / method.name, like=like, name=name,
-                                       channel_names=names, overlay=save_overlay)
+                                       channel_names=names, overlay=views_like(like))
             outputs.update({f"{method.name}/{key}": path for key, path in written.items()})
             figures = evaluate_explanation(self.model.model, case.inputs, target, explanation, explain, truth,
                                            self.config.evaluation, seed=self.config.seed)
