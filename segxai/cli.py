@@ -26,6 +26,7 @@ ROI_HELP = ("none | box:START:SIZE | box:CORNER,SIDE | mask:FILE[+M] | reference
 
 def build_parser() -> argparse.ArgumentParser:
     from segxai.methods import describe_methods
+    from segxai.targets import VOXEL_ORDER
 
     methods = describe_methods()
     method_list = "\n".join(f"  {name:22s}{summary}" for name, summary in methods.items())
@@ -68,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   epilog=f"methods:\n{method_list}", formatter_class=argparse.RawDescriptionHelpFormatter)
     _case_arguments(explain)
     explain.add_argument("--target", required=True,
-                         help="class:CLS | instance:[CLS:]INDEX | voxel:[CLS:]z,y,x | instances:CLS (every "
-                              "predicted instance of CLS, one map each)")
+                         help="class:CLS | instance:[CLS:]INDEX | voxel:[CLS:]i,j,k | instances:CLS (every "
+                              f"predicted instance of CLS, one map each); {VOXEL_ORDER}")
     explain.add_argument("--method", default="saliency", help=f"one of {', '.join(methods)} (see below)")
     explain.add_argument("--reference", default=None,
                          help="a reference mask file on the image grid: the `reference` ROI; with --target "
@@ -93,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--text", default=None, metavar="PROMPT@LOCALIZER.pt",
                           help="also restrict to the ROI a localizer finds from a prompt, e.g. 'left kidney@loc.pt'")
     evaluate.add_argument("--threshold", type=float, default=0.5, help="binarise min-max-normalised maps at this")
+    effort = evaluate.add_mutually_exclusive_group()
+    effort.add_argument("--quick", dest="effort", action="store_const", const="quick",
+                        help="small sample budgets for a first run, seconds per method (the default: RISE 300 "
+                             "masks, LIME 150 samples, occlusion windows of 16; --param overrides)")
+    effort.add_argument("--thorough", dest="effort", action="store_const", const="thorough",
+                        help="each method's own defaults (RISE 2000 masks, LIME 500 samples, windows of 8)")
+    evaluate.set_defaults(effort="quick")
     _run_arguments(evaluate)
 
     run = commands.add_parser("run", help="explain and evaluate a dataset from a YAML configuration (resumable)")
@@ -216,7 +224,8 @@ def _evaluate(args: argparse.Namespace, command: str) -> None:
     case = load_case(args.image, reference=args.mask, model=args.model, device=args.device)
     result = evaluate_case(
         case, args.label, args.out, methods=args.methods.split(","), params=parse_method_params(args.param),
-        target=args.target, margin=args.margin, text=args.text, threshold=args.threshold, options=_options(args))
+        target=args.target, margin=args.margin, text=args.text, threshold=args.threshold, effort=args.effort,
+        options=_options(args))
     print(result.text())
     print(f"tables: {Path(args.out) / 'comparison.csv'}")
 
@@ -241,7 +250,9 @@ def _causal_parser(commands: argparse._SubParsersAction) -> None:
     """`segxai causal [blocks]` (block treatment effects) and `segxai causal components --layers ...`."""
     causal = commands.add_parser("causal", help="causal effects (PdCR) of input blocks or network components on a region's Dice")
     causal.add_argument("mode", nargs="?", choices=["blocks", "components"], default="blocks",
-                        help="blocks (default): ATE of each input block; components: of layers/channels")
+                        help="blocks (default): ATE of each input block around the region; the blocks overlapping "
+                             "the region itself are left out (not treated, ATE 0, as in PdCR); components: ATE of "
+                             "layers/channels")
     _case_arguments(causal)
     causal.add_argument("--region", required=True,
                         help=f"the region whose Dice is the outcome, an ROI: {ROI_HELP}")

@@ -16,6 +16,9 @@ from segxai.errors import SegxaiError
 from segxai.instances import label_instances
 from segxai.model import SegOutput
 
+# What the i,j,k of `voxel:` targets are, said the same in the README, `explain --help` and errors.
+VOXEL_ORDER = "i,j,k: the voxel's indices in the file's own axis order, as a viewer shows them: NIfTI i,j,k; 2D images row,col"
+
 Score = Literal["logit", "prob"]
 Reduce = Literal["sum", "mean"]
 MaskLike = torch.Tensor | np.ndarray
@@ -339,7 +342,7 @@ class Contrast(Target):
 
 def parse_target(spec: str, labels: MaskLike | None = None) -> Target:
     """Parse a CLI target: `class:1` (class 1 over its predicted region), `instance:1:3` (class 1, instance 3),
-    `instance:3` (class 1) or `voxel:1:z,y,x` / `voxel:z,y,x` (class 1)."""
+    `instance:3` (class 1) or `voxel:1:i,j,k` / `voxel:i,j,k` (class 1), with `VOXEL_ORDER`."""
     kind, _, rest = spec.partition(":")
     parts = rest.split(":") if rest else []
     try:
@@ -354,7 +357,7 @@ def parse_target(spec: str, labels: MaskLike | None = None) -> Target:
     except ValueError as error:
         raise SegxaiError(f"cannot read target {spec!r}: {error}") from None
     raise SegxaiError(
-        f"unknown target {spec!r}; use class:CLS, instance:[CLS:]INDEX or voxel:[CLS:]z,y,x (or y,x in 2D)"
+        f"unknown target {spec!r}; use class:CLS, instance:[CLS:]INDEX or voxel:[CLS:]i,j,k ({VOXEL_ORDER})"
     )
 
 

@@ -30,6 +30,15 @@ from segxai.pipelines.options import RunOptions
 from segxai.targets import Target, parse_target
 
 UNRESTRICTED = "unrestricted"
+# Sample budgets by effort: "quick" (the default) sizes a first run at seconds per method on a 128x128 image,
+# "thorough" keeps each method's own defaults (RISE 2000 masks, LIME 500 samples, 8-voxel occlusion windows);
+# settings given by the user win over both.
+EFFORTS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {"rise": {"n_masks": 300}, "lime": {"n_samples": 150},
+              "occlusion": {"window": 16, "stride": 16}, "kernel_shap": {"n_samples": 150},
+              "smoothgrad": {"n_samples": 10}, "integrated_gradients": {"n_steps": 16}},
+    "thorough": {},
+}
 
 
 @dataclass
@@ -117,6 +126,7 @@ def evaluate_case(
     margin: float = 4.0,
     text: str | None = None,
     threshold: float = 0.5,
+    effort: str = "quick",
     options: RunOptions = RunOptions(),
 ) -> Comparison:
     """`segxai evaluate`: compare methods unrestricted vs restricted to the organ `label` of the case's reference
@@ -134,6 +144,7 @@ def evaluate_case(
         margin: ROI growth in voxels.
         text: `PROMPT@LOCALIZER.pt`, or None.
         threshold: binarisation of the min-max-normalised maps for Dice/IoU.
+        effort: "quick" or "thorough", the methods' sample budgets (`EFFORTS`) under `params`.
         options: seed and progress.
     Returns:
         The records, the comparison table and the ROI baselines.
@@ -147,7 +158,10 @@ def evaluate_case(
     if organ is None or not bool(organ.any()):
         raise SegxaiError(f"label {label} does not occur in the reference {case.reference_file}")
     chosen = parse_target(target) if target else ClassRegion(label, organ, score="prob", reduce="mean")
-    explainers = {name: get_method(name, case.segmenter, **(params or {}).get(name, {})) for name in methods}
+    if effort not in EFFORTS:
+        raise SegxaiError(f"effort must be one of {', '.join(EFFORTS)}, got {effort!r}")
+    settings = {name: {**EFFORTS[effort].get(name, {}), **(params or {}).get(name, {})} for name in methods}
+    explainers = {name: get_method(name, case.segmenter, **settings[name]) for name in methods}
     rois = {"roi": parse_roi(f"reference:{label}+{margin}").resolve(case)}
     localisation = {}
     if text is not None:

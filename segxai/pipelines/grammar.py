@@ -12,8 +12,8 @@ same everywhere; margins are always `+M` (voxels).
 | `prediction[:CLS][+M]` | the model's own prediction of class CLS, grown |
 | `text:PROMPT@LOCALIZER[+M]` | the organ a trained localizer finds from PROMPT, grown by M (default 8) |
 
-CLS defaults to the target's class. Targets: `class:CLS`, `instance:[CLS:]INDEX`, `voxel:[CLS:]z,y,x`
-(`segxai.targets.parse_target`) and, for `segxai explain` only, `instances:CLS` (every predicted instance of
+CLS defaults to the target's class. Targets: `class:CLS`, `instance:[CLS:]INDEX`, `voxel:[CLS:]i,j,k`
+(`segxai.targets.parse_target`; `VOXEL_ORDER` says what i,j,k are) and, for `segxai explain` only, `instances:CLS` (every predicted instance of
 CLS, each explained by itself).
 """
 from __future__ import annotations
@@ -172,7 +172,7 @@ class EveryInstance:
 
 
 def read_target(spec: str) -> Target | EveryInstance:
-    """A target spec: `class:CLS`, `instance:[CLS:]INDEX`, `voxel:[CLS:]z,y,x` or `instances:CLS`."""
+    """A target spec: `class:CLS`, `instance:[CLS:]INDEX`, `voxel:[CLS:]i,j,k` or `instances:CLS`."""
     if not isinstance(spec, str):
         raise SegxaiError(f"a target is a string such as 'class:1', not {spec!r}")
     kind, _, rest = spec.partition(":")
