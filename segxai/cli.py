@@ -96,8 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _case_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint written by `segxai train`")
-    parser.add_argument("--image", nargs="+", required=True, help="image file(s); several files are modalities")
+    parser.add_argument("--model", required=True,
+                        help="a segxai checkpoint, an nnU-Net v2 model folder, a MONAI bundle folder or a "
+                             "TorchScript file (recognised by content)")
+    parser.add_argument("--image", nargs="+", required=True,
+                        help="image file(s); several files are modalities (nnU-Net: CASE_0000, CASE_0001, ...)")
+    model = parser.add_argument_group("model options")
+    model.add_argument("--folds", default=None, help="nnU-Net: comma-separated folds to ensemble (default: all)")
+    model.add_argument("--checkpoint-name", default="checkpoint_final.pth",
+                       help="nnU-Net: the checkpoint file in each fold folder (default: %(default)s)")
+    model.add_argument("--mirror", action="store_true",
+                       help="nnU-Net: test-time mirroring, as nnU-Net predicts by default (up to 8x the cost)")
+    model.add_argument("--activation", choices=["softmax", "sigmoid", "none"], default=None,
+                       help="TorchScript: the output activation (default softmax)")
+    model.add_argument("--intensity", default=None,
+                       help='TorchScript: the intensity normalisation it expects, JSON, e.g. '
+                            '\'{"kind": "window", "low": -200, "high": 700}\'')
+
+
+def _load_case(args: argparse.Namespace, reference: str | None):
+    """The case of `--image` with the model of `--model` and its options."""
+    from segxai.models.case import load_case
+    from segxai.models.loading import load
+
+    folds = None if args.folds is None else [f.strip() for f in args.folds.split(",") if f.strip()]
+    model = load(args.model, device=args.device, folds=folds, checkpoint_name=args.checkpoint_name,
+                 mirror=args.mirror, activation=args.activation, intensity=_json(args.intensity, "--intensity"))
+    return load_case(args.image, reference=reference, model=model)
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,14 +177,13 @@ def _train(args: argparse.Namespace, command: str) -> None:
 
 
 def _explain(args: argparse.Namespace, command: str) -> None:
-    from segxai.models.case import load_case
     from segxai.pipelines.grammar import EveryInstance, parse_params, parse_roi, read_target
 
     target, params, options = read_target(args.target), parse_params(args.param), _options(args, command)
     if isinstance(target, EveryInstance) and args.roi:
         raise SegxaiError("--roi does not apply to --target instances:CLS (each instance is its own target)")
     roi = None if args.roi is None else parse_roi(args.roi)
-    case = load_case(args.image, reference=args.reference, model=args.model, device=args.device)
+    case = _load_case(args, args.reference)
     if isinstance(target, EveryInstance):
         from segxai.pipelines.instances import explain_instances_case
 
@@ -180,11 +204,10 @@ def _explain(args: argparse.Namespace, command: str) -> None:
 
 
 def _evaluate(args: argparse.Namespace, command: str) -> None:
-    from segxai.models.case import load_case
     from segxai.pipelines.evaluate import evaluate_case
     from segxai.pipelines.grammar import parse_method_params
 
-    case = load_case(args.image, reference=args.mask, model=args.model, device=args.device)
+    case = _load_case(args, args.mask)
     result = evaluate_case(
         case, args.label, args.out, methods=args.methods.split(","), params=parse_method_params(args.param),
         target=args.target, margin=args.margin, text=args.text, threshold=args.threshold, options=_options(args))
@@ -227,14 +250,13 @@ def _causal_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _causal(args: argparse.Namespace, command: str) -> None:
-    from segxai.models.case import load_case
     from segxai.pipelines.causal import causal_blocks_case, components_case
     from segxai.pipelines.grammar import parse_params, parse_roi
 
     params, options, region = parse_params(args.param), _options(args, command), parse_roi(args.region)
     if args.mode == "components" and not args.layers:
         raise SegxaiError("segxai causal components needs --layers NAME[,NAME...]")
-    case = load_case(args.image, reference=args.reference, model=args.model, device=args.device)
+    case = _load_case(args, args.reference)
     if args.mode == "components":
         result = components_case(case, region, args.cls, args.layers.split(","), args.out,
                                  donors_dir=args.donors, params=params, options=options)

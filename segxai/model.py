@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Literal, Sequence
 
 import numpy as np
 import torch
@@ -165,6 +165,7 @@ class SegModel:
         first_conv = _first_conv(net)
         self.in_channels = in_channels if in_channels is not None else getattr(first_conv, "in_channels", None)
         self.spatial_dims = spatial_dims if spatial_dims is not None else _conv_dims(first_conv)
+        self.inferer = inferer
         self._inferer = self._build_inferer(inferer, roi_size, sw_batch_size, overlap, blend_mode)
         # Receptive-field radii measured by `segxai.roi.receptive_field`, by input spatial shape.
         self.receptive_fields: dict[tuple[int, ...], tuple[int, ...] | None] = {}
@@ -198,6 +199,13 @@ class SegModel:
         with torch.no_grad():
             labels = self(x).label_map()
         return labels if batched else labels[0]
+
+    def focused(self, support: torch.Tensor | None) -> ContextManager[None]:
+        """Within the block, let a tiling inferer (one with a `focused` method, e.g.
+        `segxai.models.tiling.GaussianTiles`) run only the tiles that reach `support`, the output voxels about to
+        be read; a no-op for other inferers or when `support` is None."""
+        focused = getattr(self.inferer, "focused", None)
+        return nullcontext() if focused is None or support is None else focused(support)
 
     def prepare(self, inputs: ArrayLike) -> tuple[torch.Tensor, bool]:
         """Validate `inputs` and return a float batch on the model's device, and whether it was batched."""

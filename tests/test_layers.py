@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segxai"
 MAX_LINES = 450
 
 BASE = {"errors", "atomic", "lazy", "progress"}
-CORE = {"model", "targets", "roi", "explanation", "measure", "instances", "preprocess"}
+CORE = {"grid", "model", "targets", "roi", "explanation", "measure", "instances", "preprocess"}
 PACKAGES = {"io", "data", "methods", "models", "metrics", "report", "localize", "explainseg", "pipelines"}
 BELOW = {
     "base": set(),

@@ -71,6 +71,7 @@ def causal_blocks_case(
         raise SegxaiError(f"bad setting for causal blocks: {error}") from None
     explanation = method.explain(case.inputs, RegionDice(cls, region=mask), seed=options.seed,
                                  progress=options.progress)
+    explanation = case.to_image(explanation)
     explanation.stats.update(checkpoint=str(case.model.path), images=[str(p) for p in case.image_files])
     _, like = case.map_format
     written = explanation.save(out, like=like, name="ate", channel_names=["all"], overlay=save_overlay)

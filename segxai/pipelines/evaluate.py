@@ -146,6 +146,7 @@ def evaluate_case(
     organ = case.reference_of(label)
     if organ is None or not bool(organ.any()):
         raise SegxaiError(f"label {label} does not occur in the reference {case.reference_file}")
+    organ = case.to_model(organ)
     chosen = parse_target(target) if target else ClassRegion(label, organ, score="prob", reduce="mean")
     explainers = {name: get_method(name, case.segmenter, **(params or {}).get(name, {})) for name in methods}
     rois = {"roi": parse_roi(f"reference:{label}+{margin}").resolve(case)}

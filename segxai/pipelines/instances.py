@@ -58,7 +58,7 @@ def explain_instances_case(
     from segxai.metrics.instance import instance_rows, radial_profile
 
     out = prepare_output_dir(out_dir, case.files)
-    truth = None if case.reference is None else case.reference > 0
+    truth = None if case.reference is None else case.to_model(case.reference > 0)
     params = dict(params or {})
     shared = method in SHARED_METHODS
     explainer = method if shared else get_method(method, case.segmenter, **params)
@@ -67,6 +67,7 @@ def explain_instances_case(
                                          seed=options.seed, progress=options.progress, **(params if shared else {}))
     except TypeError as error:
         raise SegxaiError(f"bad setting for instance {method}: {error}") from None
+    explanations = Explanations([case.to_image(e) for e in explanations], explanations.keys, explanations.cost)
     names = case.channel_names
     channels = explanations[0].attribution.shape[0]
     names = names if channels == len(names) else [f"c{c}" for c in range(channels)]

@@ -72,15 +72,36 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    """A segxai checkpoint and the device to run it on (`model: abdomen.pt` is short for `{checkpoint: ...}`)."""
+    """The model (`segxai.models.load`: a segxai checkpoint, an nnU-Net v2 folder, a MONAI bundle or a TorchScript
+    file) and how to run it. `model: abdomen.pt` is short for `{path: abdomen.pt}`; `checkpoint` is the older
+    name of `path`. `folds`, `checkpoint_name` and `mirror` are nnU-Net's; `activation` is for TorchScript."""
 
-    checkpoint: FilePath
+    path: FilePath
     device: Text | None = None
+    folds: Annotated[tuple[Annotated[str, BeforeValidator(str)], ...], Field(strict=False)] | None = None
+    checkpoint_name: Text = "checkpoint_final.pth"
+    mirror: bool = False
+    activation: Literal["softmax", "sigmoid", "none"] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _short_form(cls, value: Any) -> Any:
-        return {"checkpoint": value} if isinstance(value, str) else value
+        if isinstance(value, str):
+            return {"path": value}
+        if isinstance(value, dict) and "checkpoint" in value and "path" not in value:
+            return {("path" if k == "checkpoint" else k): v for k, v in value.items()}
+        return value
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path
+
+    def load(self) -> Any:
+        """The loaded model (`segxai.models.case.LoadedModel`)."""
+        from segxai.models.loading import load
+
+        return load(self.path, device=self.device, folds=self.folds, checkpoint_name=self.checkpoint_name,
+                    mirror=self.mirror, activation=self.activation)
 
 
 class DatasetConfig(Section):

@@ -33,13 +33,12 @@ class CaseWorker:
 
     def __init__(self, config: RunConfig, out: Path, threads: int | None = None) -> None:
         from segxai.methods import get_method
-        from segxai.models.case import load_model
 
         if threads is not None:
             torch.set_num_threads(threads)
         self.config = config
         self.out = Path(out)
-        self.model = load_model(config.model.checkpoint, device=config.model.device)
+        self.model = config.model.load()
         # Built once: a bad method setting is one clear error before any case runs, not a failure per case.
         self.explainers = [get_method(method.name, self.model.model, **method.params) for method in config.methods]
 
@@ -83,9 +82,9 @@ class CaseWorker:
         from segxai.pipelines.runs.suite import evaluate_explanation
         from segxai.targets import parse_target
 
-        target = parse_target(spec)
+        target = case.target_to_model(parse_target(spec))
         cls = getattr(target, "cls", None)
-        truth = None if cls is None else case.reference_of(cls)
+        truth = None if cls is None or case.reference is None else case.to_model(case.reference_of(cls))
         roi = roi_spec.resolve(case, cls)
         name = variant_name(spec, str(roi_spec))
         _, like = case.map_format
@@ -98,8 +97,8 @@ class CaseWorker:
 
             explanation = explain(case.inputs)
             names = channels if explanation.attribution.shape[0] == len(channels) else None
-            written = explanation.save(self.out / "cases" / case.name / method.name, like=like, name=name,
-                                       channel_names=names, overlay=save_overlay)
+            written = case.to_image(explanation).save(self.out / "cases" / case.name / method.name, like=like,
+                                                      name=name, channel_names=names, overlay=save_overlay)
             outputs.update({f"{method.name}/{key}": path for key, path in written.items()})
             figures = evaluate_explanation(self.model.model, case.inputs, target, explanation, explain, truth,
                                            self.config.evaluation, seed=self.config.seed)
