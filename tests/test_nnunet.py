@@ -232,3 +232,46 @@ def test_bad_folders_and_images_are_one_line_errors(folder, tmp_path, capsys):
         assert main(["explain", "--model", model, "--image", *files, "--target", "class:1",
                      "--out", str(tmp_path / "o")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_grad_cam_per_tile_equals_a_plain_per_tile_loop():
+    """Under Gaussian tiles each tile gets its own Grad-CAM, blended like the logits: the same as computing
+    Grad-CAM tile by tile by hand and blending with the tiles' weights."""
+    from segxai import GradCAM, SegModel
+    from segxai.methods.cam import upsample
+    from segxai.models.tiling import gaussian_weights
+    from segxai.targets import ClassRegion
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.AvgPool3d(2),
+                              torch.nn.Conv3d(4, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Upsample(scale_factor=2),
+                              torch.nn.Conv3d(4, 2, 1))
+    tiles = GaussianTiles((8, 8, 8))
+    x = torch.randn(1, 12, 10, 14, generator=torch.Generator().manual_seed(2))
+    ours = GradCAM(SegModel(net, inferer=tiles), layer="3").explain(x, ClassRegion(1)).attribution
+    # the reference: each tile's own Grad-CAM of the blended target (d target / d that tile's layer output)
+    runs = []
+    hook = net[3].register_forward_hook(lambda module, inputs, output: runs.append(output))
+    with torch.enable_grad():
+        grads = torch.autograd.grad(tiles(x[None], net)[:, 1].sum(), runs)
+    hook.remove()
+    weights = torch.from_numpy(gaussian_weights((8, 8, 8)))
+    total, norm = torch.zeros(1, 12, 10, 14), torch.zeros(12, 10, 14)
+    for box, activation, grad in zip(tiles.boxes((12, 10, 14)), runs, grads):
+        cam = (grad.mean((2, 3, 4), keepdim=True) * activation.detach()).sum(1, keepdim=True)
+        total[(slice(None), *box)] += upsample(cam, (8, 8, 8))[0] * weights
+        norm[box] += weights
+    assert len(runs) == len(tiles.boxes((12, 10, 14))) > 1
+    torch.testing.assert_close(ours, total / norm, rtol=1e-4, atol=1e-6)
+
+
+@needs_nnunet
+def test_grad_cam_on_a_named_nnunet_layer(folder, tmp_path, capsys):
+    base = ["explain", "--model", str(folder / "model"), "--image", *images(folder), "--folds", "0",
+            "--target", "class:1", "--method", "gradcam", "--no-progress"]
+    assert main([*base, "--param", "layer='decoder.stages.1.convs.1.conv'", "--out", str(tmp_path / "cam")]) == 0
+    cam = voxels(next((tmp_path / "cam").glob("attribution_*.nii.gz")))
+    assert cam.shape == (30, 22, 18) and np.abs(cam).max() > 0
+    assert main([*base, "--param", "layer='decoder.nope'", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "no layer 'decoder.nope'" in err and "decoder.stages.1.convs.1.conv" in err

@@ -122,8 +122,8 @@ GOOD = {"model": "m.pt", "dataset": {"root": "data"}, "methods": ["saliency"], "
     ({"evaluation": {"stability": {"sigma": 1}}}, "evaluation.stability.sigma: unknown key; known keys: noise, samples"),
     ({"seed": "zero"}, "seed: input should be a valid integer, not 'zero'"),
     ({"seed": "3"}, "seed: input should be a valid integer"),  # values are not coerced
-    ({"model": {}}, "model.checkpoint: required key is missing"),
-    ({"model": {"checkpoint": ""}}, "model.checkpoint: expected a non-empty string"),
+    ({"model": {}}, "model.path: required key is missing"),
+    ({"model": {"checkpoint": ""}}, "model.path: expected a non-empty string"),  # the older name of path
     ({"rois": ["reference+2"]}, "config: the reference ROIs need the cases' masks: set dataset.masks"),
 ])
 def test_config_errors_name_the_key(change, message):

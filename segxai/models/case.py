@@ -135,8 +135,9 @@ class Case:
     @property
     def grid(self) -> GridMap:
         """The map between the image's grid and the model's (the identity for models that read images as
-        they are): command-line positions and masks go forwards with it, maps come back."""
-        return self._prepared[1]
+        they are, and for a case loaded without a model): command-line positions and masks go forwards with it,
+        maps come back."""
+        return SameGrid(tuple(self.image.spatial_shape)) if self.model is None else self._prepared[1]
 
     @cached_property
     def _output(self) -> SegOutput:

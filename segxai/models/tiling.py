@@ -99,6 +99,7 @@ class GaussianTiles:
             boxes = [box for box in boxes if bool(wanted[box].any())]
         weights = torch.from_numpy(gaussian_weights(self.patch_size)).to(x.device)
         sliced = len(patch) > len(self.patch_size)
+        self._layout = (boxes, padded, inside, int(x.shape[0]))
         total, norm = None, torch.zeros(padded, device=x.device)
         for start in range(0, len(boxes), self.tile_batch):
             chunk = boxes[start:start + self.tile_batch]
@@ -118,6 +119,30 @@ class GaussianTiles:
             raise SegxaiError("the focus selects no tile: the target reads no voxel of this input")
         blended = total / norm.clamp_min(torch.finfo(torch.float32).tiny)
         return blended[(slice(None), slice(None), *inside)]
+
+    def tile_shape(self, dims: int) -> tuple[int, ...]:
+        """The spatial shape of the tiles the network receives for a `dims`-D input."""
+        return self.patch_size
+
+    def stitch(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Blend per-tile maps of the last call, one `(tiles * B, K, *tile_shape)` tensor per network call in the
+        order the tiles ran, as the logits were blended: the `(B, K, *spatial)` map of the whole input."""
+        boxes, padded, inside, batch = self._layout
+        chunks = [boxes[i:i + self.tile_batch] for i in range(0, len(boxes), self.tile_batch)]
+        if len(maps) != len(chunks):
+            raise SegxaiError(f"{len(maps)} per-tile maps for {len(chunks)} tile calls (a layer that runs several "
+                              "times per tile, e.g. under test-time mirroring, cannot be stitched)")
+        weights = torch.from_numpy(gaussian_weights(self.patch_size)).to(maps[0].device)
+        sliced = len(padded) > len(self.patch_size)
+        weight = weights.unsqueeze(0) if sliced else weights
+        total = torch.zeros((batch, maps[0].shape[1], *padded), device=maps[0].device)
+        norm = torch.zeros(padded, device=maps[0].device)
+        for chunk, values in zip(chunks, maps):
+            values = values.unsqueeze(2) if sliced else values
+            for index, box in enumerate(chunk):
+                total[(slice(None), slice(None), *box)] += values[index * batch:(index + 1) * batch] * weight
+                norm[box] += weight
+        return (total / norm.clamp_min(torch.finfo(torch.float32).tiny))[(slice(None), slice(None), *inside)]
 
     def _patch(self, dims: int) -> tuple[int, ...]:
         if len(self.patch_size) == dims:
