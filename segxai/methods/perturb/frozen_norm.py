@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import MethodType
 from typing import Literal
@@ -89,6 +89,11 @@ def recording(model: SegModel) -> Iterator[Statistics]:
             handle.remove()
 
 
+def recorder(model: SegModel, norm: str) -> AbstractContextManager[Statistics | None]:
+    """`recording(model)` for norm="frozen", a context yielding None for "exact" (checked)."""
+    return recording(model) if check_norm(norm) == "frozen" else nullcontext(None)
+
+
 def _frozen_forward(module: nn.Module, moments: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable:
     """A forward normalising with recorded moments (the k-th call uses the k-th record, cycling)."""
     calls = [0]
@@ -97,8 +102,9 @@ def _frozen_forward(module: nn.Module, moments: list[tuple[torch.Tensor, torch.T
         mean, var = moments[calls[0] % len(moments)]
         calls[0] += 1
         grouped = _grouped(self, x)
-        if mean.shape[1:] != grouped.shape[1:] and mean[0].numel() != 1 and isinstance(self, nn.LayerNorm):
-            return type(self).forward(self, x)  # a per-position layer norm is local already
+        if isinstance(self, nn.LayerNorm) and mean.shape[1:-len(self.normalized_shape)] != x.shape[1:-len(
+                self.normalized_shape)]:
+            return type(self).forward(self, x)  # a per-position layer norm on another grid: local already
         y = ((grouped - mean.to(x)) / torch.sqrt(var.to(x) + self.eps)).reshape(x.shape)
         if isinstance(self, nn.LayerNorm):
             if self.elementwise_affine:

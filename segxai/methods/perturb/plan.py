@@ -67,10 +67,8 @@ def prepare(model: SegModel, item: torch.Tensor, target: Target, roi: torch.Tens
     """Plan one `(1, C, *spatial)` item: run the clean pass (recording norm statistics for norm="frozen"),
     then, with those statistics in force, find the reach, the crop and, for incremental="auto", a network
     that recomputes only what each perturbation changes (falling back to the crop scorer when unsupported)."""
-    frozen_norm.check_norm(norm)
     check_incremental(incremental_mode)
-    recorder = frozen_norm.recording(model) if norm == "frozen" else nullcontext(None)
-    with recorder as statistics:
+    with frozen_norm.recorder(model, norm) as statistics:
         ref = engine.reference(model, item, target, roi, outside)
     state = norm
     if statistics is not None and not statistics.layers:
