@@ -124,8 +124,7 @@ class Window:
                                                                                self.dilation)
         return (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[self.dims - 1](x, self.kernel, self.stride, 0)
 
-    def __call__(self, clean_in: torch.Tensor, clean_out: torch.Tensor, patch: Patch) -> Patch:
-        grid_in, grid_out = clean_in.shape[2:], clean_out.shape[2:]
+    def __call__(self, clean_in: torch.Tensor, grid_out: tuple[int, ...], patch: Patch) -> Patch:
         k, s, p, d = self.kernel, self.stride, self.padding, self.dilation
         lo = [[max(0, -(-(l + p[a] - (k[a] - 1) * d[a]) // s[a])) for a, l in enumerate(corner)] for corner in patch.lo]
         hi = [[min(grid_out[a], (l + patch.size[a] - 1 + p[a]) // s[a] + 1) for a, l in enumerate(corner)]
@@ -144,8 +143,8 @@ class Transposed:
         self.kernel, self.stride = _axes(module.kernel_size, dims), _axes(module.stride, dims)
         self.padding, self.dilation = _axes(module.padding, dims), _axes(module.dilation, dims)
 
-    def __call__(self, clean_in: torch.Tensor, clean_out: torch.Tensor, patch: Patch) -> Patch:
-        grid_in, grid_out = tuple(clean_in.shape[2:]), tuple(clean_out.shape[2:])
+    def __call__(self, clean_in: torch.Tensor, grid_out: tuple[int, ...], patch: Patch) -> Patch:
+        grid_in = tuple(clean_in.shape[2:])
         k, s, p, d = self.kernel, self.stride, self.padding, self.dilation
         reach = [(k[a] - 1) * d[a] for a in range(self.dims)]
         lo = [[max(0, l * s[a] - p[a]) for a, l in enumerate(c)] for c in patch.lo]
@@ -175,7 +174,7 @@ class Upsample:
     def __init__(self, factor: tuple[int, ...]) -> None:
         self.factor = factor
 
-    def __call__(self, clean_in, clean_out, patch: Patch) -> Patch:
+    def __call__(self, clean_in, grid_out, patch: Patch) -> Patch:
         data = F.interpolate(patch.data, scale_factor=self.factor, mode="nearest")
         return Patch([[l * f for l, f in zip(c, self.factor)] for c in patch.lo],
                      tuple(n * f for n, f in zip(patch.size, self.factor)), data)
@@ -222,8 +221,13 @@ class IncrementalNetwork:
 
     def __init__(self, model: SegModel, ref: engine.Reference, graph: fx.GraphModule, rules: dict[fx.Node, Any],
                  cache: dict[fx.Node, torch.Tensor]) -> None:
-        self.model, self.ref, self.graph, self.rules, self.cache = model, ref, graph, rules, cache
+        self.model, self.ref, self.graph, self.rules = model, ref, graph, rules
         self.output = next(n for n in graph.graph.nodes if n.op == "output").args[0]
+        # Only what boxes are gathered from is kept: the inputs of window and join nodes, and the output.
+        self.grids = {node: tuple(value.shape[2:]) for node, value in cache.items()}
+        kept = {self.output} | {a for node, kind in rules.items() if not isinstance(kind, str) or kind == "join"
+                                for a in node.all_input_nodes}
+        self.cache = {node: value for node, value in cache.items() if node in kept}
         # A target that reads only its support's box is scored on logits assembled over that box alone.
         spatial = tuple(ref.x.shape[2:])
         support = ref.target.support(spatial)
@@ -240,12 +244,12 @@ class IncrementalNetwork:
         items, computed on boxes for the others, a full pass for a batch whose changes cover too much."""
         x = self.ref.x
         clean = self.cache[self.output][(..., *self.window)]
-        changed = (inputs != x).flatten(2).any(2).any(1)
+        difference = (inputs != x).any(1)
         logits = clean.expand(len(inputs), *clean.shape[1:]).clone()
-        rows = torch.nonzero(changed).flatten()
+        rows = torch.nonzero(difference.flatten(1).any(1)).flatten()
         if not len(rows):
             return logits
-        lo, size = input_boxes((inputs[rows] != x).any(1))
+        lo, size = input_boxes(difference[rows])
         if math.prod(size) > MAX_BOX_SHARE * x[0, 0].numel():
             logits[rows] = self.graph(inputs[rows])[(..., *self.window)]
             self._count(len(rows), x[0, 0].numel())
@@ -281,7 +285,7 @@ class IncrementalNetwork:
             return Patch(patch.lo, patch.size, function(*args, **node.kwargs))
         if kind == "join":
             present = [values[a] for a in tensors if values[a] is not None]
-            grid = tuple(self.cache[node].shape[2:])
+            grid = self.grids[node]
             lo = [[min(p.lo[i][a] for p in present) for a in range(len(grid))] for i in range(len(present[0].lo))]
             hi = [[max(p.lo[i][a] + p.size[a] for p in present) for a in range(len(grid))]
                   for i in range(len(present[0].lo))]
@@ -290,7 +294,7 @@ class IncrementalNetwork:
             args = fx.node.map_arg(node.args, lambda a: boxed[a])
             return Patch(lo, size, node.target(*args, **node.kwargs))
         (source,) = tensors
-        return kind(self.cache[source], self.cache[node], values[source])
+        return kind(self.cache.get(source), self.grids[node], values[source])
 
     def _count(self, items: int, voxels: int) -> None:
         """Count the batch as the model counts passes; voxels are those of the recomputed input boxes."""
@@ -309,12 +313,9 @@ def input_boxes(changed: torch.Tensor) -> tuple[list[list[int]], tuple[int, ...]
     grid = tuple(changed.shape[1:])
     lo, hi = [], []
     for axis in range(len(grid)):
-        others = tuple(a + 1 for a in range(len(grid)) if a != axis)
-        present = changed.any(dim=others) if others else changed
-        first = present.float().argmax(1)
-        last = grid[axis] - present.flip(1).float().argmax(1)
-        lo.append(first.tolist())
-        hi.append(last.tolist())
+        present = changed.movedim(axis + 1, -1).flatten(1, -2).any(1) if len(grid) > 1 else changed
+        lo.append(present.float().argmax(1).tolist())
+        hi.append((grid[axis] - present.flip(1).float().argmax(1)).tolist())
     return _common([list(c) for c in zip(*lo)], [list(c) for c in zip(*hi)], grid)
 
 
