@@ -192,15 +192,15 @@ def run_instance(out: Path, image: int | None = None) -> str:
                                      ("segxai frozen, crops only", "frozen", "off")):
         method = CausalBlocks(model, block=BLOCK, pool=patches, screen_draws=SCREEN, draws=DRAWS, tau=TAU,
                               norm=norm, incremental=incremental)
-        ours, cost = measured(model, lambda: method.explain(x, target, seed=SEED, progress=False))
+        ours, cost = measured(model, lambda method=method: method.explain(x, target, seed=SEED, progress=False))
         grids[label] = block_grid(ours.attribution[0])
         rows.append({"tool": label, **cost, "screened_blocks": ours.stats["screened_blocks"],
                      "estimated_blocks": ours.stats["estimated_blocks"],
                      "norm_deviation_max": ours.stats["norm_deviation_max"],
                      "incremental": ours.stats["incremental"]})
     for seed in (SEED, SEED + 1):
-        (grid, screened, estimated), cost = measured(model, lambda: reference_estimator(model, x, patches, corner,
-                                                                                        seed))
+        (grid, screened, estimated), cost = measured(
+            model, lambda seed=seed: reference_estimator(model, x, patches, corner, seed))
         grids[f"reference seed {seed}"] = grid
         rows.append({"tool": f"reference seed {seed}", **cost, "screened_blocks": screened,
                      "estimated_blocks": estimated})

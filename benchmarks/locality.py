@@ -93,7 +93,8 @@ def network_rows(kind: str, profile: bool) -> tuple[list[dict[str, Any]], list[d
             profiler.disable()
             found = top_functions(profiler)
         stats = getattr(result, "stats", {})
-        maps[tool] = result.attribution[0, 0] if hasattr(result, "attribution") else result
+        attribution = result.attribution if hasattr(result, "attribution") else result
+        maps[tool] = attribution.reshape(x.shape[1:])
         rows.append({"norm": kind, "tool": tool, **cost, "regions": stats.get("regions"),
                      "cropped": stats.get("cropped"), "incremental": stats.get("incremental"),
                      "norm_deviation_max": stats.get("norm_deviation_max")})

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 import segxai as sx
-from segxai.metrics import deletion_curve
 from segxai.methods.perturb import frozen_norm
+from segxai.metrics import deletion_curve
 from segxai.roi import receptive_field
 from segxai.targets import ClassRegion, evaluate
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import segxai as sx
-from segxai.methods.perturb import engine, frozen_norm, incremental
+from segxai.methods.perturb import incremental
 from segxai.targets import ClassRegion
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +118,6 @@ class Window:
         return conv(x, m.weight, m.bias, self.stride, 0, self.dilation, m.groups)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.module
         if self.fill == -math.inf:
             return (F.max_pool1d, F.max_pool2d, F.max_pool3d)[self.dims - 1](x, self.kernel, self.stride, 0,
                                                                                self.dilation)
@@ -191,7 +190,9 @@ def rule(node: fx.Node, modules: dict[str, nn.Module], frozen: set[str], dims: i
         if isinstance(module, POINTWISE_MODULES) or node.target in frozen:
             return "pointwise"
         if isinstance(module, CONVS):
-            return Window(module, dims) if module.padding_mode == "zeros" else f"{kind} with {module.padding_mode} padding"
+            if module.padding_mode != "zeros":
+                return f"{kind} with {module.padding_mode} padding"
+            return Window(module, dims)
         if isinstance(module, TRANSPOSED):
             return Transposed(module, dims)
         if isinstance(module, POOLS):
@@ -340,12 +341,16 @@ def build(model: SegModel, ref: engine.Reference) -> tuple[IncrementalNetwork | 
     unsupported = sorted({r for r in rules.values() if isinstance(r, str) and r not in _KINDS})
     if unsupported:
         return None, "off: unsupported " + ", ".join(unsupported[:3])
-    cache = _clean_pass(graph, ref.x)
+    try:
+        cache = _clean_pass(graph, ref.x)
+    except Exception as error:  # a trace that took another branch than the network (e.g. isinstance on a proxy)
+        return None, f"off: the traced graph does not run like the network ({type(error).__name__})"
     output = next(n for n in graph.graph.nodes if n.op == "output").args[0]
     if not isinstance(output, fx.Node) or any(
             not isinstance(v, torch.Tensor) or v.ndim != ref.x.ndim for v in cache.values()):
         return None, "off: a layer's value is not a (N, C, *spatial) tensor"
-    if not torch.allclose(cache[output], ref.output.logits, rtol=1e-4, atol=1e-5 * float(ref.output.logits.abs().max())):
+    scale = float(ref.output.logits.abs().max())
+    if not torch.allclose(cache[output], ref.output.logits, rtol=1e-4, atol=1e-5 * scale):
         return None, "off: the traced graph does not reproduce the network"
     return IncrementalNetwork(model, ref, graph, rules, cache), "on"
 
