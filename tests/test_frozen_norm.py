@@ -78,6 +78,8 @@ def test_frozen_instance_norm_is_local_and_reports_the_deviation_measured_by_han
     relative = (approximate - exact).abs() / abs(clean)
     assert stats["norm_deviation_max"] == pytest.approx(float(relative.max()), rel=1e-4, abs=1e-7)
     assert stats["norm_deviation_mean"] == pytest.approx(float(relative.mean()), rel=1e-4, abs=1e-7)
+    of_effect = float((approximate - exact).abs().max() / (exact - clean).abs().max())
+    assert stats["norm_deviation_of_effect"] == pytest.approx(of_effect, rel=1e-4)
     assert stats["norm_deviation_max"] > 0  # instance norm does see the windows
     # the map is the frozen network's own occlusion map (score drops)
     with torch.no_grad():
@@ -91,8 +93,13 @@ def test_a_large_deviation_is_a_warning():
     with pytest.warns(UserWarning, match="frozen normalisation deviates"):
         found = frozen_norm.deviation(exact, exact + torch.tensor([0.0, 0.5]), torch.tensor([10.0]))
     assert found.max == pytest.approx(0.05) and found.mean == pytest.approx(0.025)
+    assert found.of_effect == pytest.approx(0.5 / 9.0)  # the largest exact effect is |1 - 10|
     assert found.figures()["norm_warning"] is not None
     assert frozen_norm.deviation(exact, exact, torch.tensor([1.0])).figures()["norm_warning"] is None
+    with pytest.warns(UserWarning, match="of the largest exact effect"):  # small against the score, not the effects
+        small = frozen_norm.deviation(torch.tensor([100.0, 100.1]), torch.tensor([100.0, 100.05]),
+                                      torch.tensor([100.0]))
+    assert small.max < frozen_norm.WARN_ABOVE and small.of_effect == pytest.approx(0.5, rel=1e-3)  # float32 inputs
 
 
 @pytest.mark.filterwarnings("ignore:frozen normalisation deviates")

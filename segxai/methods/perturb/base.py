@@ -23,7 +23,8 @@ class PerturbationStats(ItemStats):
     """Per-item figures of a perturbation method: the clean `score`, the number of perturbed `regions` scored,
     whether the network ran on a crop (then the receptive field and the crop's shape), the norm mode and, with
     frozen norms, the measured deviation from the exact network (max and mean over `norm_checked` seeded
-    perturbations, relative to the clean score, with a warning when large), and whether incremental inference
+    perturbations, relative to the clean score, and the largest error relative to the largest exact effect among
+    them, with a warning when large), and whether incremental inference
     ran ("on", "off" or "off: <why>")."""
 
     score: float
@@ -34,6 +35,7 @@ class PerturbationStats(ItemStats):
     norm: str = "exact"
     norm_deviation_max: float | None = None
     norm_deviation_mean: float | None = None
+    norm_deviation_of_effect: float | None = None
     norm_checked: int | None = None
     norm_warning: str | None = None
     incremental: str = "off"

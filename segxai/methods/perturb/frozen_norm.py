@@ -24,10 +24,11 @@ from segxai.model import SegModel
 
 Norm = Literal["exact", "frozen"]
 NORMS = ("exact", "frozen")
-# Perturbations scored both ways to measure the approximation, and the deviation (relative to the clean score)
-# above which the explanation carries a warning.
+# Perturbations scored both ways to measure the approximation, and the deviations (relative to the clean score,
+# and to the largest exact effect) above which the explanation carries a warning.
 CHECKS = 4
 WARN_ABOVE = 0.01
+WARN_ABOVE_EFFECT = 0.1
 STATISTIC_LAYERS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -143,33 +144,48 @@ def frozen(model: SegModel, stats: Statistics | None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Deviation:
-    """How far frozen scores are from exact ones on `checked` perturbations, relative to the clean score."""
+    """How far frozen scores are from exact ones on `checked` perturbations: relative to the clean score
+    (`max`, `mean`) and relative to the largest exact effect among them (`of_effect`: what a map, made of
+    effects, is off by; None when no checked perturbation had an effect)."""
 
     max: float
     mean: float
     checked: int
+    of_effect: float | None
+
+    @property
+    def warning(self) -> str | None:
+        """A sentence when the deviation exceeds `WARN_ABOVE` of the clean score or `WARN_ABOVE_EFFECT` of the
+        effects, else None."""
+        if self.max <= WARN_ABOVE and (self.of_effect is None or self.of_effect <= WARN_ABOVE_EFFECT):
+            return None
+        effect = "" if self.of_effect is None else f" ({self.of_effect:.3g} of the largest exact effect)"
+        return (f"frozen normalisation deviates from the exact network by up to {self.max:.3g} of the clean "
+                f"score{effect} on {self.checked} checked perturbations; use norm='exact' for exact maps")
 
     def figures(self) -> dict[str, float | int | str | None]:
-        """The fields of an explanation's stats, with a warning above `WARN_ABOVE`."""
-        warning = None
-        if self.max > WARN_ABOVE:
-            warning = (f"frozen normalisation deviates from the exact network by up to {self.max:.3g} of the "
-                       f"clean score on {self.checked} checked perturbations; use norm='exact' for exact maps")
-        return {"norm_deviation_max": self.max, "norm_deviation_mean": self.mean, "norm_checked": self.checked,
-                "norm_warning": warning}
+        """The fields of an explanation's stats."""
+        return {"norm_deviation_max": self.max, "norm_deviation_mean": self.mean,
+                "norm_deviation_of_effect": self.of_effect, "norm_checked": self.checked,
+                "norm_warning": self.warning}
 
 
 def deviation(exact: torch.Tensor, approximate: torch.Tensor, clean_score: torch.Tensor) -> Deviation:
-    """The relative deviation of `approximate` scores from `exact` ones `(n, ...)`, scaled by the clean score's
-    magnitude (a zero clean score falls back to the largest exact score), and warn when it is large."""
+    """The deviation of `approximate` scores from `exact` ones `(n, ...)`, scaled by the clean score's
+    magnitude (a zero clean score falls back to the largest exact score) and by the largest exact effect
+    `|exact - clean|`; warns when it is large."""
     exact, approximate = exact.double().cpu(), approximate.double().cpu()
-    scale = clean_score.double().abs().max().cpu()
+    clean = clean_score.double().cpu()
+    scale = clean.abs().max()
     if scale == 0:
         scale = exact.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
-    relative = (approximate - exact).abs().reshape(len(exact), -1).amax(1) / scale
-    result = Deviation(float(relative.max()), float(relative.mean()), len(relative))
-    if result.max > WARN_ABOVE:
-        warnings.warn(result.figures()["norm_warning"], stacklevel=3)
+    error = (approximate - exact).abs().reshape(len(exact), -1).amax(1)
+    relative = error / scale
+    effect = float((exact - clean.reshape(-1)[0]).abs().max())
+    of_effect = float(error.max()) / effect if effect > 0 else None
+    result = Deviation(float(relative.max()), float(relative.mean()), len(relative), of_effect)
+    if result.warning is not None:
+        warnings.warn(result.warning, stacklevel=3)
     return result
 
 
