@@ -1,8 +1,7 @@
 """Benchmark: time and peak memory of occluding a small organ against volume size, for Captum, MONAI, segxai
 with crops only and segxai with incremental inference, in one run; writes a table and a plot.
 
-    .venv/bin/python benchmarks/scale.py --sizes 32x32x32,48x48x32,64x64x32 --peers-up-to 262144 \
-        --out benchmarks/results
+    .venv/bin/python benchmarks/scale.py --out benchmarks/results   # about 11 minutes on one thread
 
 Each size is an abdominal phantom (`segxai.data.abdomen_phantom`, seeded) explained by the 3D batch-norm U-Net
 preset with seeded random weights (run time does not depend on training). The target is the mean kidney
@@ -125,8 +124,8 @@ def run(out: Path, shapes: list[tuple[int, ...]], peers_up_to: int, device: str,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="32x32x32,48x48x32,64x64x32,96x96x64,128x128x64")
-    parser.add_argument("--peers-up-to", type=int, default=64 * 64 * 32, help="largest volume (voxels) for peers")
+    parser.add_argument("--sizes", default="32x32x32,64x64x32,64x64x64,96x96x64,128x128x64,192x192x96,256x256x128")
+    parser.add_argument("--peers-up-to", type=int, default=96 * 96 * 64, help="largest volume (voxels) for peers")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="autocast on CUDA")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

@@ -332,7 +332,7 @@ def build(model: SegModel, ref: engine.Reference) -> tuple[IncrementalNetwork | 
         return None, "off: the model runs through an inferer or is not a torch.nn.Module"
     try:
         graph = fx.symbolic_trace(model.net)
-    except Exception as error:  # fx raises many kinds on untraceable Python control flow
+    except Exception as error:  # noqa: BLE001 - fx raises many kinds on untraceable Python control flow
         return None, f"off: torch.fx cannot trace the network ({type(error).__name__})"
     modules = dict(graph.named_modules())
     frozen = {name for name, module in statistic_layers(model).items() if "forward" in module.__dict__}
@@ -343,7 +343,7 @@ def build(model: SegModel, ref: engine.Reference) -> tuple[IncrementalNetwork | 
         return None, "off: unsupported " + ", ".join(unsupported[:3])
     try:
         cache = _clean_pass(graph, ref.x)
-    except Exception as error:  # a trace that took another branch than the network (e.g. isinstance on a proxy)
+    except Exception as error:  # noqa: BLE001 - the trace took another branch than the network
         return None, f"off: the traced graph does not run like the network ({type(error).__name__})"
     output = next(n for n in graph.graph.nodes if n.op == "output").args[0]
     if not isinstance(output, fx.Node) or any(
