@@ -1,5 +1,6 @@
 """Incremental inference: recomputing each layer on the changed box equals whole passes (batch-norm MONAI UNet,
-DynUNet with residual blocks, nnU-Net's PlainConvUNet with frozen instance norm; 2D and 3D), and unsupported
+DynUNet with residual blocks, nnU-Net's PlainConvUNet and ResidualEncoderUNet with frozen instance norm; 2D and
+3D), and unsupported
 networks fall back and say why."""
 from __future__ import annotations
 
@@ -39,17 +40,20 @@ def dyn_unet(dims: int) -> nn.Module:
                                          res_block=True))
 
 
-def plain_conv_unet(dims: int) -> nn.Module:
+def nnunet(kind: str, dims: int) -> nn.Module:
+    """nnU-Net's `PlainConvUNet` or `ResidualEncoderUNet` (instance norm, leaky ReLU in place), tiny."""
     architectures = pytest.importorskip("dynamic_network_architectures.architectures.unet")
     conv, norm = (nn.Conv2d, nn.InstanceNorm2d) if dims == 2 else (nn.Conv3d, nn.InstanceNorm3d)
     torch.manual_seed(0)
-    return architectures.PlainConvUNet(1, 3, (4, 8, 16), conv, 3, (1, 2, 2), (1, 1, 1), 3, (1, 1), False, norm,
-                                       {"eps": 1e-5, "affine": True}, None, None, nn.LeakyReLU,
-                                       {"inplace": True}).eval()
+    return getattr(architectures, kind)(1, 3, (4, 8, 16), conv, 3, (1, 2, 2), (1, 1, 1), 3, (1, 1), False, norm,
+                                        {"eps": 1e-5, "affine": True}, None, None, nn.LeakyReLU,
+                                        {"inplace": True}).eval()
 
 
 SHAPES = {2: (32, 24), 3: (16, 16, 8)}
-NETS = {"monai-unet": monai_unet, "dynunet": dyn_unet, "plain-conv-unet": plain_conv_unet}
+NETS = {"monai-unet": monai_unet, "dynunet": dyn_unet,
+        "plain-conv-unet": lambda dims: nnunet("PlainConvUNet", dims),
+        "residual-encoder-unet": lambda dims: nnunet("ResidualEncoderUNet", dims)}
 
 
 def perturbed(x: torch.Tensor, window: int = 4) -> torch.Tensor:
@@ -69,7 +73,7 @@ def test_incremental_logits_equal_whole_passes(name, dims):
     net = NETS[name](dims)
     model = sx.SegModel(net)
     x = torch.randn(1, 1, *SHAPES[dims], generator=torch.Generator().manual_seed(2))
-    norm = "frozen" if name == "plain-conv-unet" else "exact"
+    norm = "frozen" if name in ("plain-conv-unet", "residual-encoder-unet") else "exact"
     plan = engine_plan(model, x, norm)
     assert plan.incremental == "on"
     batch = perturbed(x)
