@@ -16,7 +16,8 @@ class Occlusion(PerturbationMethod):
         model: a `SegModel` or a network.
         window: window size, an int or one per spatial axis.
         stride: step between windows, an int or one per spatial axis.
-        **options: the shared perturbation settings (`fill`, `outside`, `crop`, `pool`).
+        **options: the shared perturbation settings (`fill`, `outside`, `crop`, `pool`, `norm`,
+            `incremental`).
     """
 
     name = "occlusion"
