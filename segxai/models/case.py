@@ -31,8 +31,20 @@ class LoadedModel:
 
     def prepare(self, image: Image) -> torch.Tensor:
         """The image normalised as the model was trained, as its `(C, *spatial)` input on the model's device."""
+        self.check_fits(image)
         x, _ = self.model.prepare(normalize_intensity(image.array, self.config.get("intensity")))
         return x[0]
+
+    def check_fits(self, image: Image) -> None:
+        """Refuse an image whose spatial axes or channels differ from the network's (from its configuration)."""
+        network = self.config.get("network", {})
+        dims, channels = network.get("spatial_dims"), network.get("in_channels")
+        if dims is None or channels is None:
+            return
+        grid = "x".join(str(n) for n in image.spatial_shape)
+        if image.spatial_dims != dims or image.array.shape[0] != channels:
+            raise SegxaiError(f"the image is {image.spatial_dims}D ({grid}) with {image.array.shape[0]} channel(s); "
+                              f"the model takes {dims}D images with {channels} channel(s)")
 
     def class_rows(self) -> list[dict[str, Any]]:
         """The checkpoint's classes with their names and validation Dice (report tables)."""
