@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local: in this process; ray: cases as Ray tasks, one model per worker")
     run.add_argument("--workers", type=_positive, default=2, help="Ray workers (default 2)")
+    run.add_argument("--keep-going", action="store_true",
+                     help="exit 0 when some cases failed (still 1 when all did); default: 1 when any failed")
     run.add_argument("--no-progress", action="store_true")
     _causal_parser(commands)
     _explainseg_parser(commands)
@@ -243,13 +245,18 @@ def _evaluate(args: argparse.Namespace, command: str) -> None:
     print(f"tables: {Path(args.out) / 'comparison.csv'}")
 
 
-def _run(args: argparse.Namespace, command: str) -> None:
+def _run(args: argparse.Namespace, command: str) -> int:
     from segxai.pipelines.runs import run
 
     result = run(args.config, out=args.out, executor=args.executor, workers=args.workers,
-                 progress=not args.no_progress, command=command)
+                 progress=not args.no_progress, command=command,
+                 on_wait=lambda line: print(f"segxai: {line}", file=sys.stderr, flush=True))
     print(f"{len(result.processed)} case(s) run, {len(result.skipped)} already done, {len(result.failed)} failed; "
           f"manifest: {result.out / 'manifest.jsonl'}; report: {result.written['report']}")
+    for error, count in result.failure_counts().items():
+        print(f"  {count} case(s) failed: {error}", file=sys.stderr)
+    all_failed = bool(result.records) and len(result.failed) == len(result.records)
+    return 1 if result.failed and (all_failed or not args.keep_going) else 0
 
 
 def _ints(text: str, flag: str, example: str, minimum: int) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ def write_payload(path: str | Path, fmt: str, config: dict[str, Any], state: dic
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in state.items()}
-    with atomic_write(path) as tmp:
+    with atomic_write(path, durable=True) as tmp:
         torch.save({"format": fmt, "config": config, "state_dict": state}, tmp)
     return path
 
