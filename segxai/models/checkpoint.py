@@ -50,21 +50,22 @@ def read_payload(path: str | Path, fmt: str, what: str, hint: str) -> dict[str, 
     return payload
 
 
-def check_weights(skeleton: nn.Module, state: dict[str, Any]) -> None:
+def check_weights(skeleton: nn.Module, state: dict[str, Any], ignore: str | None = None) -> None:
     """Check a state dict against a network built on the meta device (no memory), before the real one is built:
-    the same names and shapes, and a size that fits in memory."""
+    the same names and shapes, and a size that fits in memory. Names starting with `ignore` (parts the
+    checkpoint does not store) are left out."""
     from segxai.measure import check_fits
 
-    expected = skeleton.state_dict()
+    expected = {k: v for k, v in skeleton.state_dict().items() if ignore is None or not k.startswith(ignore)}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise SegxaiError(f"the weights do not match the configuration (missing {missing[:3]}, unexpected "
+        raise SegxaiError(f"the state dict does not match its configuration (missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]})")
     for name, tensor in expected.items():
         given = state[name]
         if not isinstance(given, torch.Tensor) or tuple(given.shape) != tuple(tensor.shape):
             shape = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
-            raise SegxaiError(f"the weights do not match the configuration: {name} is {shape}, the configuration "
+            raise SegxaiError(f"the state dict does not match its configuration: {name} is {shape}, the configuration "
                               f"makes {tuple(tensor.shape)}")
     check_fits(4.0 * sum(t.numel() for t in expected.values()), "the network of this configuration",
                "check its `network` settings")
