@@ -105,12 +105,13 @@ class SentenceTransformerEncoder(TextEncoder):
 
     def __init__(self, source: str = DEFAULT_SENTENCE_MODEL):
         super().__init__()
+        self.source = str(source)
+        folder = _model_folder(self.source)  # first: an unknown package is refused before anything is imported
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise SegxaiError("the sentence-transformers encoder needs `pip install segxai[text]`") from None
-        self.source = str(source)
-        model = SentenceTransformer(str(_model_folder(self.source)), device="cpu", local_files_only=True)
+        model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
         model.requires_grad_(False)
         self.transformer = model[0].auto_model
         self.tokenizer = model.tokenizer

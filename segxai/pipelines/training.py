@@ -64,6 +64,8 @@ def train_checkpoint(out: PathLike, *, phantom: str | None = None, shape: Sequen
 
     check_output_file(out, [*(images or ()), *(labels or ()), names])
     if phantom is not None:
+        if intensity is not None:
+            raise SegxaiError("--intensity applies to training on --images; phantoms have their own normalisation")
         result = train_on_phantoms(phantom, tuple(shape), steps=steps, seed=options.seed, progress=options.progress)
     else:
         if not images or not names:
