@@ -1,5 +1,7 @@
-"""Explanation metrics: localisation against a mask, faithfulness curves, and the ROI-guided comparison table."""
+"""Explanation metrics: localisation against a mask, faithfulness curves, attribution mass per segment, and the
+ROI-guided comparison table."""
 from segxai.io.table import format_table, write_csv
+from segxai.metrics.aggregate import robust_z, segment_distribution, segment_mass, segment_matrix, segment_outliers
 from segxai.metrics.comparison import compare_roi_guided, relative_change
 from segxai.metrics.faithfulness import Curve, deletion_curve, insertion_curve
 from segxai.metrics.faithfulness import BlockCurve, SignConsistency, block_intervention_curve, sign_consistency
@@ -68,6 +70,11 @@ __all__ = [
     "radial_profile",
     "relative_change",
     "roi_baseline",
+    "robust_z",
+    "segment_distribution",
+    "segment_mass",
+    "segment_matrix",
+    "segment_outliers",
     "sign_consistency",
     "signed_distance",
     "spatial_map",
