@@ -2,6 +2,7 @@
 ROI-guided comparison table."""
 from segxai.io.table import format_table, write_csv
 from segxai.metrics.aggregate import robust_z, segment_distribution, segment_mass, segment_matrix, segment_outliers
+from segxai.metrics.baselines import baseline_maps, leakage, scores_with_baselines
 from segxai.metrics.comparison import compare_roi_guided, relative_change
 from segxai.metrics.faithfulness import Curve, deletion_curve, insertion_curve
 from segxai.metrics.faithfulness import BlockCurve, SignConsistency, block_intervention_curve, sign_consistency
@@ -44,6 +45,7 @@ __all__ = [
     "SignConsistency",
     "as_mask",
     "auroc",
+    "baseline_maps",
     "binarize_map",
     "block_intervention_curve",
     "compare_groups",
@@ -60,6 +62,7 @@ __all__ = [
     "instance_rows",
     "instance_table",
     "iou",
+    "leakage",
     "lesion_rates",
     "lesion_types",
     "map_stability",
@@ -71,6 +74,7 @@ __all__ = [
     "relative_change",
     "roi_baseline",
     "robust_z",
+    "scores_with_baselines",
     "segment_distribution",
     "segment_mass",
     "segment_matrix",
