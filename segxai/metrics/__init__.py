@@ -4,7 +4,7 @@ from segxai.io.table import format_table, write_csv
 from segxai.metrics.aggregate import robust_z, segment_distribution, segment_mass, segment_matrix, segment_outliers
 from segxai.metrics.baselines import baseline_maps, leakage, scores_with_baselines
 from segxai.metrics.comparison import compare_roi_guided, relative_change
-from segxai.metrics.faithfulness import Curve, deletion_curve, insertion_curve
+from segxai.metrics.faithfulness import Curve, curves_with_baselines, deletion_curve, insertion_curve
 from segxai.metrics.faithfulness import BlockCurve, SignConsistency, block_intervention_curve, sign_consistency
 from segxai.metrics.instance import (
     Lesion,
@@ -25,6 +25,7 @@ from segxai.metrics.instance import (
     radial_profile,
     signed_distance,
 )
+from segxai.metrics.intervals import Interval, bootstrap_interval, interval_table
 from segxai.metrics.localization import (
     binarize_map,
     energy_inside,
@@ -39,6 +40,7 @@ from segxai.metrics.stability import map_stability
 __all__ = [
     "BlockCurve",
     "Curve",
+    "Interval",
     "Lesion",
     "LesionTypes",
     "RadialProfile",
@@ -48,9 +50,11 @@ __all__ = [
     "baseline_maps",
     "binarize_map",
     "block_intervention_curve",
+    "bootstrap_interval",
     "compare_groups",
     "compare_roi_guided",
     "context_experiment",
+    "curves_with_baselines",
     "deletion_curve",
     "dice",
     "dilate",
@@ -61,6 +65,7 @@ __all__ = [
     "inside_vs_rings",
     "instance_rows",
     "instance_table",
+    "interval_table",
     "iou",
     "leakage",
     "lesion_rates",
