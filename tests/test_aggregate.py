@@ -65,7 +65,7 @@ def test_mass_lands_on_the_segment_the_model_reads_with_its_sign(dims, sign, met
     if per_channel:  # the gradient is the weight itself: mean over the segment = 0.5 * sign; channel 0 is unread
         assert by[("used", "read")]["signed_mean"] == pytest.approx(0.5 * sign, rel=1e-5)
         assert all(by[("ignored", name)]["absolute"] == pytest.approx(0.0, abs=1e-6) for name in ("read", "other"))
-        assert by[("ignored", "read")]["absolute_share"] == 0.0  # a channel without mass has no share anywhere
+        assert np.isnan(by[("ignored", "read")]["absolute_share"])  # a channel without mass has nothing to place
 
 
 def test_channel_sum_rows_add_up_and_a_map_without_channels_works():
@@ -99,6 +99,9 @@ def test_matrix_distribution_and_outliers_across_cases():
     flags = segment_outliers(rows, "absolute_mean")
     assert {r["case"] for r in flags if r["outlier"]} == {"c6"}
     assert all(not r["outlier"] for r in flags if r["segment"] == 0)  # equal everywhere: z = 0
+    massless = [{**r, "case": "c7", "density": float("nan")} for r in rows if r["case"] == "c0"]
+    assert next(r for r in segment_distribution(rows + massless) if r["segment"] == 1)["cases"] == 7  # NaN skipped
+    assert "c7" not in {r["case"] for r in segment_outliers(rows + massless)}
     with pytest.raises(SegxaiError, match="appears more than once"):
         segment_distribution(rows + rows[:1])
 

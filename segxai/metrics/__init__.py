@@ -2,7 +2,7 @@
 ROI-guided comparison table."""
 from segxai.io.table import format_table, write_csv
 from segxai.metrics.aggregate import robust_z, segment_distribution, segment_mass, segment_matrix, segment_outliers
-from segxai.metrics.baselines import baseline_maps, leakage, scores_with_baselines
+from segxai.metrics.baselines import baseline_maps, leakage, localisation_scores, scores_with_baselines
 from segxai.metrics.comparison import compare_roi_guided, relative_change
 from segxai.metrics.faithfulness import Curve, curves_with_baselines, deletion_curve, insertion_curve
 from segxai.metrics.faithfulness import BlockCurve, SignConsistency, block_intervention_curve, sign_consistency
@@ -68,6 +68,7 @@ __all__ = [
     "interval_table",
     "iou",
     "leakage",
+    "localisation_scores",
     "lesion_rates",
     "lesion_types",
     "map_stability",

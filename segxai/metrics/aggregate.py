@@ -43,7 +43,8 @@ def segment_mass(
     Returns:
         One row per channel (and `"all"`) and segment: `segment`, `name`, `voxels`, `channel`, `signed` and
         `absolute` (sums), `signed_mean` and `absolute_mean` (per voxel), `absolute_share` (of the channel's
-        total |attribution|, 0 for a zero map) and `density` (`absolute_share` / the segment's share of voxels).
+        total |attribution|; NaN for a channel without mass: there is nothing to place) and `density`
+        (`absolute_share` / the segment's share of voxels).
     """
     values = _channels(attribution, labels)
     segments, index = _segments(labels, tuple(values.shape[1:]))
@@ -61,7 +62,7 @@ def segment_mass(
     for c, channel in enumerate(channels):
         total = float(absolute[c].sum())
         for s, label in enumerate(segments):
-            share = float(absolute[c, s]) / total if total > 0 else 0.0
+            share = float(absolute[c, s]) / total if total > 0 else float("nan")
             rows.append({"segment": label, "name": str(names.get(label, label)), "voxels": int(counts[s]),
                          "channel": channel, "signed": float(signed[c, s]), "absolute": float(absolute[c, s]),
                          "signed_mean": float(signed[c, s] / counts[s]), "absolute_mean": float(absolute[c, s] / counts[s]),
@@ -101,12 +102,16 @@ def segment_distribution(rows: Sequence[Mapping[str, Any]], value: str = "densit
         rows: `segment_mass` rows of many cases, each with a `case` key (and any of `KEYS`).
         value: the column to summarise.
     Returns:
-        One row per group: the keys, `name`, `cases`, `median`, `mad` (median absolute deviation), `q25`,
+        One row per group with a finite value (NaN ones, maps without mass, are skipped): the keys, `name`,
+        `cases` (with a finite value), `median`, `mad` (median absolute deviation), `q25`,
         `q75`, `mean`, `min` and `max`.
     """
     table = []
     for key, members in _groups(rows).items():
         values = np.array([float(r[value]) for r in members])
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
         median = float(np.median(values))
         table.append({**dict(key), "name": members[0]["name"], "cases": len(values), "median": median,
                       "mad": float(np.median(np.abs(values - median))), "q25": float(np.quantile(values, 0.25)),
@@ -137,12 +142,15 @@ def segment_outliers(
         value: the column to score.
         threshold: |z| above which a case is flagged (3.5, Iglewicz and Hoaglin's rule).
     Returns:
-        One row per case and group: the keys, `case`, `name`, `value`, `z` and `outlier`.
+        One row per case and group with a finite value: the keys, `case`, `name`, `value`, `z` and `outlier`.
     """
     if not threshold > 0:
         raise SegxaiError(f"threshold must be positive, not {threshold!r}")
     table = []
     for key, members in _groups(rows).items():
+        members = [m for m in members if np.isfinite(float(m[value]))]
+        if not members:
+            continue
         for member, z in zip(members, robust_z([float(r[value]) for r in members])):
             table.append({**dict(key), "case": member["case"], "name": member["name"], "value": float(member[value]),
                           "z": float(z), "outlier": bool(abs(z) > threshold)})
