@@ -158,7 +158,9 @@ def test_config_fingerprint_follows_the_settings_not_the_output_folder():
 
 def test_run_writes_outputs_manifest_summaries_and_report(dataset, tmp_path, monkeypatch):
     monkeypatch.setitem(method_registry.METHODS, "edges", EdgeDetector)
-    result = run(write_config(dataset, tmp_path / "out", methods=["saliency", "edges"]), progress=False)
+    evaluation = {"faithfulness": {"steps": 4, "block": 8}, "sanity": {"steps": 2}, "stability": {"noise": 0.02}}
+    result = run(write_config(dataset, tmp_path / "out", methods=["saliency", "edges"], evaluation=evaluation),
+                 progress=False)
     out = tmp_path / "out"
     assert result.processed == [f"case{i}" for i in range(N_CASES)] and not result.failed
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
@@ -188,7 +190,7 @@ def test_run_writes_outputs_manifest_summaries_and_report(dataset, tmp_path, mon
         assert text in html, text
     assert (out / "figures" / "box_sanity_spearman.png").is_file()
     for key in ("baseline_roi_dice", "baseline_centred_blob_dice", "baseline_blurred_map_dice", "leakage",
-                "beats_roi_baseline", "deletion_auc_random", "insertion_auc_blurred"):
+                "beats_roi_baseline", "deletion_auc_random", "insertion_auc_blurred", "block_area", "block_area_random"):
         assert key in row, key
     # Dataset evidence: the mass per segment of the prediction, its distribution, outliers, baselines, intervals.
     segments = [r for r in first["segments"] if r["method"] == "saliency" and r["roi"] == "none"]
