@@ -122,3 +122,16 @@ def test_robust_z_matches_its_definition_and_falls_back_when_mad_is_zero():
 def test_bad_labels_are_refused(labels, message):
     with pytest.raises(SegxaiError, match=message):
         segment_mass(np.zeros((8, 8)), labels)
+
+
+def test_heatmap_is_written_and_refuses_bad_matrices(tmp_path):
+    import PIL.Image
+
+    from segxai.report.heatmap import save_heatmap
+
+    path = save_heatmap(tmp_path / "h.png", np.array([[1.0, 40.0], [np.nan, 0.0]]), ["a", "b"], ["x", "y"], title="t")
+    assert PIL.Image.open(path).format == "PNG"
+    with pytest.raises(SegxaiError, match="needs such a matrix"):
+        save_heatmap(tmp_path / "bad.png", np.ones((2, 3)), ["a", "b"], ["x", "y"])
+    with pytest.raises(SegxaiError, match="cannot be negative"):
+        save_heatmap(tmp_path / "bad.png", -np.ones((1, 1)), ["a"], ["x"])
