@@ -1,5 +1,5 @@
 """The evaluation suite for one explanation: localisation beside its trivial baselines, leakage, faithfulness
-beside random and blurred rankings, sanity, stability, runtime and passes, and the attribution mass per segment.
+beside random and blurred rankings, sanity, stability, runtime and passes.
 
 Every figure comes from `segxai.metrics`; this module only decides what each is computed against and flattens
 the results into table rows. Localisation is judged against the ground-truth mask of the target's class when
@@ -8,13 +8,13 @@ explanation's ROI, else that footprint (what a map gets for free either way).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from segxai.explanation import Explanation
-from segxai.metrics import curves_with_baselines, localisation_scores, scores_with_baselines, segment_mass
+from segxai.metrics import curves_with_baselines, localisation_scores, scores_with_baselines
 from segxai.methods.base import target_footprint
 from segxai.metrics.sanity import cascading_randomization
 from segxai.metrics.stability import map_stability
@@ -58,13 +58,6 @@ def evaluate_explanation(
         found = map_stability(explain, x, explanation, noise=stability.noise, samples=stability.samples, seed=seed)
         row.update({f"stability_{key}": value for key, value in found.items()})
     return row
-
-
-def segment_rows(explanation: Explanation, labels: torch.Tensor, names: Mapping[int, str],
-                 channel_names: Sequence[str] | None) -> list[dict[str, Any]]:
-    """The explanation's attribution mass per segment of `labels` (`segxai.metrics.segment_mass`)."""
-    channels = channel_names if channel_names and len(channel_names) == explanation.attribution.shape[0] else None
-    return segment_mass(explanation, labels, names=names, channel_names=channels)
 
 
 def _localisation(explanation: Explanation, truth: torch.Tensor | None, settings: EvaluationConfig,

@@ -1,5 +1,5 @@
 """Process one case: read it (the case loader, sharing the worker's model), explain every method x target x ROI,
-save the maps, evaluate them.
+save the maps, evaluate them and aggregate their attribution mass per segment of the label map.
 
 A `CaseWorker` loads the model once and is reused for many cases (in-process, or one per Ray worker). It never
 raises for a bad case: `process` returns a manifest record with status "failed" and the error, so one unreadable
@@ -83,7 +83,8 @@ class CaseWorker:
     def _variant(self, case: Case, spec: str, roi_spec: RoiSpec
                  ) -> tuple[dict[str, Path], list[dict[str, Any]], list[dict[str, Any]]]:
         """Every method on one target and ROI: outputs, metric rows and segment-mass rows."""
-        from segxai.pipelines.runs.suite import evaluate_explanation, segment_rows
+        from segxai.metrics import segment_mass
+        from segxai.pipelines.runs.suite import evaluate_explanation
         from segxai.targets import parse_target
 
         target = parse_target(spec)
@@ -110,7 +111,8 @@ class CaseWorker:
             keys = {"case": case.name, "method": method.name, "target": spec, "roi": str(roi_spec)}
             rows.append({**keys, **figures})
             if labels is not None:
-                segments += [{**keys, **r} for r in segment_rows(explanation, labels, self.names, names)]
+                segments += [{**keys, **r} for r in segment_mass(explanation, labels, names=self.names,
+                                                                  channel_names=names)]
         return outputs, rows, segments
 
     def _labels(self, case: Case) -> torch.Tensor | None:
