@@ -10,7 +10,8 @@ Documented runs (one CPU thread: polyp ~12 min, nuclei ~4 min; results in benchm
 
 Beside the tables sit trivial baselines on each tile's own geometry (the whole tile, a centred blob of the
 object's area, a centred blob of a quarter of the tile), and a verdict per method: does its Dice beat the best
-of them? Quick run (about 5 minutes on one thread): `--image-size 256 --size 64 --epochs 10 --lr-step 5 --n-steps 3`.
+of them? Quick run (5 minutes on one thread, no CRF): `--image-size 256 --size 128 --epochs 10 --lr-step 5
+--n-steps 3 --threads 1`.
 
 Add `--backbone dino_deitsmall16_pretrain.pth` for a local DINO (or timm / Hugging Face) ViT checkpoint; the
 flags' defaults are the paper's settings (classifier input 224, 100 epochs with the lr x0.1 every 50, IG with

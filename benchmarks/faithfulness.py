@@ -117,12 +117,12 @@ def evaluate_image(case: cases.Case, index: int, patches: torch.Tensor, images: 
 
 
 def block_effects(ate: torch.Tensor) -> dict[str, Any]:
-    """PdCR's block effects of one ATE map (constant on each block): blocks by sign and the extreme ATEs, in
-    Dice points."""
+    """PdCR's block effects of one ATE map (constant on each block, already in Dice points): blocks by sign and
+    the extreme ATEs."""
     blocks = ate.unfold(0, BLOCK, BLOCK).unfold(1, BLOCK, BLOCK)[..., 0, 0].flatten()
     return {"negative_ate_blocks": int((blocks < 0).sum()), "positive_ate_blocks": int((blocks > 0).sum()),
-            "zero_ate_blocks": int((blocks == 0).sum()), "min_ate": 100 * float(blocks.min()),
-            "max_ate": 100 * float(blocks.max())}
+            "zero_ate_blocks": int((blocks == 0).sum()), "min_ate": float(blocks.min()),
+            "max_ate": float(blocks.max())}
 
 
 def _points(delta: float | None) -> float | None:
