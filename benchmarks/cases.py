@@ -173,3 +173,40 @@ def _polyp_case(name: str, size: tuple[int, int], steps: int, batch_size: int,
         steps=steps, batch_size=batch_size, seed=SEED, progress=progress))
     case = Case(name, images[test], labels[test], names, model, config, config.get("validation_dice", {}))
     return case, images[train]
+
+
+# --------------------------------------------------------------------------------------------- BraTS
+BRATS_FACTOR = 3  # 1 mm -> 3 mm: the cropped brain becomes 44x57x42, padded to 48x64x48
+BRATS_SHAPE = (48, 64, 48)
+BRATS_STEPS = 150
+
+
+def brats_data() -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str], list[str]]:
+    """The BraTS example (t1c, t1n, t2f, t2w) cropped to the brain, every third voxel kept (labels too), padded
+    with zeros to `BRATS_SHAPE`; its labels are a model's output (see the data's SOURCE.md)."""
+    from segxai.data import load_brats_example
+
+    case = load_brats_example()
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(case.image.array.sum(0)))
+    step = (slice(None, None, BRATS_FACTOR),) * 3
+    image = case.image.array[(slice(None), *box)][(slice(None), *step)].astype(np.float32)
+    labels = case.labels[box][step].astype(np.int64)
+    pad = [(0, n - s) for n, s in zip(BRATS_SHAPE, labels.shape)]
+    return ([np.pad(image, [(0, 0), *pad])], [np.pad(labels, pad)], dict(case.names),
+            list(case.image.channel_names))
+
+
+def load_brats(progress: bool = False) -> Case:
+    """The BraTS case and a 3D U-Net fitted to it (cached; its Dice is a training Dice, one case only)."""
+    images, labels, names, channels = brats_data()
+    intensity = {"kind": "zscore_nonzero"}
+
+    def train() -> TrainResult:
+        result = train_segmenter(images, labels, names=names, intensity=intensity, channel_names=channels,
+                                 steps=BRATS_STEPS, batch_size=1, seed=SEED, progress=progress)
+        predicted = SegModel(result.net).predict(normalize_intensity(images[0], intensity)).numpy()
+        result.config["validation_dice"] = {names[k]: v for k, v in dice_per_class(predicted, labels[0], names).items()}
+        return result
+
+    model, config = _cached(f"brats-{'x'.join(map(str, BRATS_SHAPE))}-{BRATS_STEPS}steps", train)
+    return Case("brats", images, labels, names, model, config, config.get("validation_dice", {}))

@@ -173,9 +173,26 @@ class MethodConfig(Section):
 
 
 class FaithfulnessConfig(Section):
-    """Deletion and insertion curves of `steps` steps."""
+    """Deletion and insertion curves of `steps` steps (and PdCR block curves of `block`-voxel blocks when set),
+    each beside a seeded random ranking and the map blurred by `sigma` voxels."""
 
     steps: Count = 10
+    block: Count | None = None
+    sigma: Annotated[float, Field(gt=0.0)] = 2.0
+
+
+class BaselinesConfig(Section):
+    """The trivial localisation baselines (the ROI, blurred ROI, centred blob, blurred map); blur of `sigma` voxels."""
+
+    sigma: Annotated[float, Field(gt=0.0)] = 2.0
+
+
+class AggregationConfig(Section):
+    """Attribution mass per segment of the `labels` map (the model's prediction or the case's reference); cases
+    whose robust z-score exceeds `outlier_z` in a cell are flagged."""
+
+    labels: Literal["prediction", "reference"] = "prediction"
+    outlier_z: Annotated[float, Field(gt=0.0)] = 3.5
 
 
 class SanityConfig(Section):
@@ -202,17 +219,22 @@ class EvaluationConfig(Section):
     faithfulness: FaithfulnessConfig | None = FaithfulnessConfig()
     sanity: SanityConfig | None = SanityConfig()
     stability: StabilityConfig | None = StabilityConfig()
+    baselines: BaselinesConfig | None = BaselinesConfig()
+    aggregation: AggregationConfig | None = AggregationConfig()
 
-    @field_validator("faithfulness", "sanity", "stability", mode="before")
+    @field_validator("faithfulness", "sanity", "stability", "baselines", "aggregation", mode="before")
     @classmethod
     def _switch(cls, value: Any) -> Any:
         return {} if value is True else None if value is False else value
 
 
 class ReportConfig(Section):
-    """How many cases the report's grid shows."""
+    """How many cases the report's grid shows, and the bootstrap intervals over cases (coverage `level`,
+    `resamples` draws seeded by the run's seed)."""
 
     cases: Annotated[int, Field(ge=0)] = 8
+    level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    resamples: Count = 2000
 
 
 class RunConfig(Section):
@@ -241,6 +263,9 @@ class RunConfig(Section):
     def _references_exist(self) -> "RunConfig":
         if self.dataset.masks is None and any(roi.kind == "reference" for roi in self.rois):
             raise ValueError("the reference ROIs need the cases' masks: set dataset.masks (or a layout that has them)")
+        aggregation = self.evaluation.aggregation
+        if self.dataset.masks is None and aggregation is not None and aggregation.labels == "reference":
+            raise ValueError("evaluation.aggregation.labels: reference needs the cases' masks: set dataset.masks")
         return self
 
     @property

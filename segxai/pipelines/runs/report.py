@@ -26,8 +26,11 @@ DISTRIBUTIONS = {
 
 def write_run_report(out: Path, config: RunConfig, records: Sequence[Mapping[str, Any]],
                      by_method: Sequence[Mapping[str, Any]], by_target: Sequence[Mapping[str, Any]],
-                     command: str | None = None) -> Path:
-    """Write `out/report.html` from the manifest records and the summaries per method and per method and target."""
+                     command: str | None = None, evidence: Mapping[str, list[dict[str, Any]]] | None = None) -> Path:
+    """Write `out/report.html` from the manifest records, the summaries per method and per method and target,
+    and the dataset tables of `segxai.pipelines.runs.evidence` (heat maps, baselines, intervals)."""
+    from segxai.pipelines.runs.evidence import evidence_sections
+
     rows = [row for record in records if record["status"] == "done" for row in record["rows"]]
     failed = [{"case": r["case"], "error": r["error"]} for r in records if r["status"] != "done"]
     methods = [m.name for m in config.methods]
@@ -44,6 +47,7 @@ def write_run_report(out: Path, config: RunConfig, records: Sequence[Mapping[str
             f"Means over cases, targets and ROIs; pointing_game and sanity_pass are rates. Sanity: {sanity_text}. "
             "Seconds and passes are those of the explanation alone."), table=list(by_method)),
         Section("By method and target", table=list(by_target)),
+        *evidence_sections(out, evidence or {}, methods, config.report.level),
         Section("Metric distributions", figures=[f for f in figures if f is not None]),
         Section("Runtime vs passes", figures=[_runtime_scatter(out, rows, methods)] if rows else []),
         Section("Cases", text="Attribution summed over channels, target outlined (3D: the strongest slice).",

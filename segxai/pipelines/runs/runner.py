@@ -57,6 +57,7 @@ def run(config: RunConfig | str | Path, *, out: str | Path | None = None, execut
     one finished."""
     from segxai.atomic import folder_lock
     from segxai.io import prepare_output_dir
+    from segxai.pipelines.runs.evidence import evidence_tables, write_evidence
     from segxai.pipelines.runs.report import write_run_report
     from segxai.pipelines.runs.summary import summaries, write_summaries
 
@@ -73,7 +74,9 @@ def run(config: RunConfig | str | Path, *, out: str | Path | None = None, execut
         rows = manifest.rows(c.name for c in cases)
         tables = summaries(rows)
         written = write_summaries(rows, tables, target)
+        evidence = evidence_tables(records, config)
+        written.update(write_evidence(evidence, target))
         written["report"] = write_run_report(target, config, records, tables["by_method"],
-                                             tables["by_method_target"], command=command)
+                                             tables["by_method_target"], command=command, evidence=evidence)
     done = {c.name for c in todo}
     return RunResult(target, records, [c.name for c in todo], [c.name for c in cases if c.name not in done], written)
