@@ -102,7 +102,8 @@ class CaseWorker:
 
             explanation = explain(case.inputs)
             names = channels if explanation.attribution.shape[0] == len(channels) else None
-            written = case.to_image(explanation).save(self.out / "cases" / case.name / method.name, like=like,
+            on_image = case.to_image(explanation)  # what is written and aggregated over the image's label map
+            written = on_image.save(self.out / "cases" / case.name / method.name, like=like,
                                                       name=name, channel_names=names, overlay=save_overlay)
             outputs.update({f"{method.name}/{key}": path for key, path in written.items()})
             figures = evaluate_explanation(self.model.model, case.inputs, target, explanation, explain, truth,
@@ -110,7 +111,7 @@ class CaseWorker:
             keys = {"case": case.name, "method": method.name, "target": spec, "roi": str(roi_spec)}
             rows.append({**keys, **figures})
             if labels is not None:
-                segments += [{**keys, **r} for r in segment_mass(explanation, labels, names=self.names,
+                segments += [{**keys, **r} for r in segment_mass(on_image, labels, names=self.names,
                                                                   channel_names=names)]
         return outputs, rows, segments
 
