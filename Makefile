@@ -3,7 +3,8 @@
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# The local CPU build of torch; the library itself only asks for torch>=2.4.
+# The local CPU build of torch; the library itself only asks for torch>=2.4. Extras are installed with torch
+# pinned by a constraint so that nnunetv2 (the nnunet extra) resolves beside it.
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test venv clean
@@ -12,7 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	printf '%s\n' "$(TORCH_SPEC)" > $(VENV)/constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test,nnunet]"
 	touch $@
 
 venv: $(VENV)/.installed

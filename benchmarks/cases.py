@@ -4,7 +4,8 @@ Three cases, each a set of images (`(C, *spatial)`, raw intensities), label maps
 - `phantom`: the 3D abdominal CT phantom of the demo (64x64x32), a model trained on 24 phantoms, one held-out case;
 - `ct`: the TotalSegmentator sample CT (cropped/padded to 112x96x32), four organs kept, a model fitted to that
   one volume (its Dice is a training Dice: the point is a real anatomy to explain, not generalisation);
-- `polyp`: the 40 EndoTect colonoscopy images resized to 128x128, 30 to train and 10 held out.
+- `polyp`: the 40 EndoTect colonoscopy images resized to 128x128, 30 to train and 10 held out;
+- `ct-instance`, `polyp-instance`: the same with MONAI's default instance norm instead of batch norm.
 Checkpoints go to `.segxai-cache/bench/` (gitignored); delete the folder to retrain.
 """
 from __future__ import annotations
@@ -99,19 +100,21 @@ def load_case(name: str, progress: bool = False) -> Case:
         key = f"phantom-{'x'.join(map(str, PHANTOM_SHAPE))}-{PHANTOM_STEPS}steps"
         model, config = _cached(key, lambda: train_on_phantoms(
             "abdomen", PHANTOM_SHAPE, steps=PHANTOM_STEPS, seed=SEED, progress=progress))
-    elif name == "ct":
+    elif name in ("ct", "ct-instance"):
         images, labels, names = ct_data()
-        model, config = _cached(f"ct-{CT_STEPS}steps", lambda: _train_ct(images, labels, names, progress))
-    elif name == "polyp":
-        return _polyp_case("polyp", POLYP_SIZE, POLYP_STEPS, 8, progress)[0]
+        preset = "unet3d-instance" if name == "ct-instance" else None
+        model, config = _cached(f"{name}-{CT_STEPS}steps", lambda: _train_ct(images, labels, names, progress, preset))
+    elif name in ("polyp", "polyp-instance"):
+        preset = "unet2d-instance" if name == "polyp-instance" else None
+        return _polyp_case(name, POLYP_SIZE, POLYP_STEPS, 8, progress, preset)[0]
     else:
-        raise ValueError(f"unknown case {name!r}; choose phantom, ct or polyp")
+        raise ValueError(f"unknown case {name!r}; choose phantom, ct, ct-instance, polyp or polyp-instance")
     return Case(name, images, labels, names, model, config, config.get("validation_dice", {}))
 
 
-def _train_ct(images, labels, names, progress: bool) -> TrainResult:
+def _train_ct(images, labels, names, progress: bool, preset: str | None = None) -> TrainResult:
     """Fit the CT volume; its Dice (recorded as the config's validation Dice) is a training Dice."""
-    result = train_segmenter(images, labels, names=names, intensity=CT_WINDOW, channel_names=["CT"],
+    result = train_segmenter(images, labels, names=names, preset=preset, intensity=CT_WINDOW, channel_names=["CT"],
                              steps=CT_STEPS, batch_size=1, seed=SEED, progress=progress)
     predicted = SegModel(result.net).predict(normalize_intensity(images[0], CT_WINDOW)).numpy()
     result.config["validation_dice"] = {names[k]: v for k, v in dice_per_class(predicted, labels[0], names).items()}
@@ -152,15 +155,58 @@ def load_polyp_256(progress: bool = False) -> tuple[Case, list[np.ndarray]]:
     return _polyp_case("polyp256", POLYP_256_SIZE, POLYP_256_STEPS, 4, progress)
 
 
+def load_polyp_instance(progress: bool = False) -> tuple[Case, list[np.ndarray]]:
+    """The 10 held-out polyps at 128x128 with a 2D U-Net with instance norm trained on the other 30 (cached),
+    and those 30 training images (raw)."""
+    return _polyp_case("polyp-instance", POLYP_SIZE, POLYP_STEPS, 8, progress, "unet2d-instance")
+
+
 def _polyp_case(name: str, size: tuple[int, int], steps: int, batch_size: int,
-                progress: bool) -> tuple[Case, list[np.ndarray]]:
+                progress: bool, preset: str | None = None) -> tuple[Case, list[np.ndarray]]:
     """Held-out polyps at `size` with a 2D U-Net trained (cached) on the others, and those training images."""
     images, labels, names = polyp_data_at(size)
     train, test = slice(0, POLYP_TRAIN), slice(POLYP_TRAIN, None)
-    key = f"polyp-{'x'.join(map(str, size))}-{steps}steps"
+    key = f"polyp-{'x'.join(map(str, size))}-{steps}steps" + ("-instance" if preset else "")
     model, config = _cached(key, lambda: train_segmenter(
-        images[train], labels[train], names=names, intensity={"kind": "scale", "factor": 1 / 255},
+        images[train], labels[train], names=names, preset=preset, intensity={"kind": "scale", "factor": 1 / 255},
         channel_names=["R", "G", "B"], val_images=images[test], val_labels=labels[test],
         steps=steps, batch_size=batch_size, seed=SEED, progress=progress))
     case = Case(name, images[test], labels[test], names, model, config, config.get("validation_dice", {}))
     return case, images[train]
+
+
+# --------------------------------------------------------------------------------------------- BraTS
+BRATS_FACTOR = 3  # 1 mm -> 3 mm: the cropped brain becomes 44x57x42, padded to 48x64x48
+BRATS_SHAPE = (48, 64, 48)
+BRATS_STEPS = 150
+
+
+def brats_data() -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str], list[str]]:
+    """The BraTS example (t1c, t1n, t2f, t2w) cropped to the brain, every third voxel kept (labels too), padded
+    with zeros to `BRATS_SHAPE`; its labels are a model's output (see the data's SOURCE.md)."""
+    from segxai.data import load_brats_example
+
+    case = load_brats_example()
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(case.image.array.sum(0)))
+    step = (slice(None, None, BRATS_FACTOR),) * 3
+    image = case.image.array[(slice(None), *box)][(slice(None), *step)].astype(np.float32)
+    labels = case.labels[box][step].astype(np.int64)
+    pad = [(0, n - s) for n, s in zip(BRATS_SHAPE, labels.shape)]
+    return ([np.pad(image, [(0, 0), *pad])], [np.pad(labels, pad)], dict(case.names),
+            list(case.image.channel_names))
+
+
+def load_brats(progress: bool = False) -> Case:
+    """The BraTS case and a 3D U-Net fitted to it (cached; its Dice is a training Dice, one case only)."""
+    images, labels, names, channels = brats_data()
+    intensity = {"kind": "zscore_nonzero"}
+
+    def train() -> TrainResult:
+        result = train_segmenter(images, labels, names=names, intensity=intensity, channel_names=channels,
+                                 steps=BRATS_STEPS, batch_size=1, seed=SEED, progress=progress)
+        predicted = SegModel(result.net).predict(normalize_intensity(images[0], intensity)).numpy()
+        result.config["validation_dice"] = {names[k]: v for k, v in dice_per_class(predicted, labels[0], names).items()}
+        return result
+
+    model, config = _cached(f"brats-{'x'.join(map(str, BRATS_SHAPE))}-{BRATS_STEPS}steps", train)
+    return Case("brats", images, labels, names, model, config, config.get("validation_dice", {}))

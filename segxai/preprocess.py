@@ -16,11 +16,17 @@ def normalize_intensity(image: np.ndarray, spec: dict[str, Any] | None) -> np.nd
     {"kind": "scale", "factor": f} multiplies (8-bit photos: 1/255); {"kind": "none"} or None leaves values.
     """
     image = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(image).all():  # before a window clips an infinity into range
+        bad = int((~np.isfinite(image)).sum())
+        raise SegxaiError(f"the image contains {bad} NaN or infinite value(s); clean or mask them first")
+    if spec is not None and not isinstance(spec, dict):
+        raise SegxaiError(f"an intensity normalisation is a dict such as {{'kind': 'window', 'low': -200, "
+                          f"'high': 700}}, not {spec!r}")
     kind = "none" if spec is None else spec.get("kind", "none")
     if kind == "none":
         return image
     if kind == "window":
-        low, high = float(spec["low"]), float(spec["high"])
+        low, high = _number(spec, "low"), _number(spec, "high")
         if not high > low:
             raise SegxaiError(f"intensity window needs high > low, got [{low}, {high}]")
         return ((np.clip(image, low, high) - low) / (high - low)).astype(np.float32)
@@ -33,5 +39,14 @@ def normalize_intensity(image: np.ndarray, spec: dict[str, Any] | None) -> np.nd
                 out[channel][inside] = (values[inside] - mean) / (std if std > 0 else 1.0)
         return out
     if kind == "scale":
-        return (image * float(spec["factor"])).astype(np.float32)
+        return (image * _number(spec, "factor")).astype(np.float32)
     raise SegxaiError(f"unknown intensity normalisation {kind!r}; use window, zscore_nonzero, scale or none")
+
+
+def _number(spec: dict[str, Any], key: str) -> float:
+    """A finite number of an intensity normalisation, or an error naming the key."""
+    value = spec.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise SegxaiError(f"intensity normalisation {spec.get('kind')!r} needs a finite number {key!r}, "
+                          f"got {value!r}")
+    return float(value)

@@ -233,14 +233,17 @@ class Voxel(Target):
         self.position = tuple(int(p) for p in position)
         self.score = score
 
-    def __call__(self, output: SegOutput) -> torch.Tensor:
-        shape = output.spatial_shape
+    def _check_inside(self, shape: tuple[int, ...]) -> None:
         if len(self.position) != len(shape) or any(not 0 <= p < s for p, s in zip(self.position, shape)):
-            raise SegxaiError(f"voxel {self.position} is outside the output grid {shape}")
+            raise SegxaiError(f"voxel {self.position} is outside the output grid {tuple(shape)}")
+
+    def __call__(self, output: SegOutput) -> torch.Tensor:
+        self._check_inside(output.spatial_shape)
         values = output.class_logit(self.cls) if self.score == "logit" else output.class_prob(self.cls)
         return values[(slice(None), *self.position)]
 
     def support(self, spatial_shape: tuple[int, ...]) -> torch.Tensor | None:
+        self._check_inside(spatial_shape)
         mask = torch.zeros(spatial_shape, dtype=torch.bool)
         mask[self.position] = True
         return mask

@@ -146,7 +146,7 @@ def test_sign_consistency_on_a_linear_model(dims):
         ({"fill": "pool", "pool": torch.rand(4, 2, 4, 4)}, "pool patches have 2 channels"),
         ({"exclude": torch.ones(16, 16, dtype=torch.bool)}, "touches every block"),
         ({"exclude": torch.ones(8, 8, dtype=torch.bool)}, "exclude has shape"),
-        ({"block": 0}, "block must be a positive int"),
+        ({"block": 0}, "block must be a positive whole number"),
     ],
 )
 def test_curve_errors(kwargs, message):

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segxai"
 MAX_LINES = 450
 
 BASE = {"errors", "atomic", "lazy", "progress"}
-CORE = {"model", "targets", "roi", "explanation", "measure", "instances", "preprocess"}
+CORE = {"grid", "model", "targets", "roi", "explanation", "measure", "instances", "preprocess"}
 PACKAGES = {"io", "data", "methods", "models", "metrics", "report", "localize", "explainseg", "pipelines"}
 BELOW = {
     "base": set(),
@@ -41,7 +41,7 @@ def unit_of(module: str) -> str:
         return "core"
     if name in PACKAGES:
         return name
-    if name in {"cli", "__main__"}:
+    if name in {"cli", "cli_args", "__main__"}:
         return "cli"
     return f"unknown ({name})"
 

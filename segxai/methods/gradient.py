@@ -48,7 +48,7 @@ def input_gradient(model: SegModel, x: torch.Tensor, target: Target, bind_to_sel
             "soft=True for a Dice target"
         )
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), model.focused(target.support(tuple(x.shape[2:]))):
         output = model(x)
         bound = target.bind(output) if bind_to_self else target
         scores = evaluate(bound, output)

@@ -2,7 +2,9 @@
 
 XAI-CLIP reports its gains as relative changes, `(new - old) / old * 100` (-60 % runtime, +44.6 % Dice and
 +96.7 % IoU for occlusion). The table keeps the absolute figures beside the changes, and the ratio of voxels
-carried through the network, the hardware-independent cost of cropped computation.
+carried through the network, the hardware-independent cost of cropped computation. Where the records carry the
+Dice of the trivial "explanation = ROI" (`roi_baseline_dice`, `segxai.metrics.baselines`), each row shows it and
+says whether the method beats it: one that does not only restates its ROI.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ BASELINE = "unrestricted"
 MEASURES = ("seconds", "forward_passes", "forward_voxels", "dice", "iou")
 CHANGES = {"runtime change %": "seconds", "Dice change %": "dice", "IoU change %": "iou"}
 VOXEL_RATIO = "voxel-pass ratio"
+ROI_BASELINE = "roi_baseline_dice"
 
 
 def relative_change(new: float, old: float) -> float:
@@ -27,7 +30,8 @@ def relative_change(new: float, old: float) -> float:
 
 def compare_roi_guided(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Build the comparison table from records `{"method", "variant", "seconds", "forward_passes",
-    "forward_voxels", "dice", "iou"}` (variant "unrestricted", "roi" or any other name).
+    "forward_voxels", "dice", "iou"}` (variant "unrestricted", "roi" or any other name), optionally with
+    `roi_baseline_dice` (the Dice of the ROI itself on the same image).
 
     Records of the same method and variant (e.g. one per image) are averaged; `images` counts them. There is one
     row per method and variant, the unrestricted one first; every other variant gets its relative changes in
@@ -77,6 +81,10 @@ def _row(
     for column, key in CHANGES.items():
         row[column] = relative_change(means[key], reference[key]) if compared else None
     row[VOXEL_RATIO] = _ratio(means["forward_voxels"], reference["forward_voxels"]) if compared else None
+    if all(_is_number(r.get(ROI_BASELINE)) for r in records):
+        baseline = _mean([r[ROI_BASELINE] for r in records])
+        row["ROI baseline Dice"] = baseline
+        row["beats ROI baseline"] = "yes" if means["dice"] > baseline else "no: restates the ROI"
     return row
 
 

@@ -9,36 +9,85 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from segxai.errors import SegxaiError
+from segxai.explanation import Explanation
+from segxai.grid import GridMap, SameGrid, explanation_on_image
 from segxai.io import Image, PathLike, load_image, load_mask
 from segxai.io.image import file_stem
-from segxai.model import SegModel
+from segxai.model import SegModel, SegOutput
 from segxai.preprocess import normalize_intensity
+from segxai.targets import Target, Voxel
+
+
+class InputAdapter(Protocol):
+    """How a model reads an image: its own preprocessing (to the model's input and grid) and how its output
+    becomes a label map on the image grid. nnU-Net and MONAI bundles bring their own (`segxai.models`)."""
+
+    def prepare(self, image: Image, model: SegModel) -> tuple[torch.Tensor, GridMap]:
+        """The model's `(C, *model_grid)` input on its device, and the map between the two grids."""
+
+    def labels(self, output: SegOutput, grid: GridMap) -> torch.Tensor:
+        """The predicted label map on the image grid (CPU) from the model's output `(1, K, *model_grid)`."""
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """The preprocessing of segxai checkpoints and plain networks: the intensity normalisation they were trained
+    with (`segxai.preprocess.normalize_intensity`), on the image's own grid."""
+
+    intensity: Any = None
+
+    def prepare(self, image: Image, model: SegModel) -> tuple[torch.Tensor, GridMap]:
+        x, _ = model.prepare(normalize_intensity(image.array, self.intensity))
+        return x[0], SameGrid(tuple(image.spatial_shape))
+
+    def labels(self, output: SegOutput, grid: GridMap) -> torch.Tensor:
+        return grid.labels_to_image(output.label_map()[0].cpu())
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A SegModel with the configuration its checkpoint carries (classes, intensity normalisation, preset)."""
+    """A SegModel with the configuration it came with (classes, intensity normalisation, preset) and the way it
+    reads images (`adapter`; by default the configuration's intensity window on the image's grid)."""
 
     model: SegModel
     config: dict[str, Any]
     path: Path | None = None
+    adapter: InputAdapter | None = None
 
-    def prepare(self, image: Image) -> torch.Tensor:
-        """The image normalised as the model was trained, as its `(C, *spatial)` input on the model's device."""
-        x, _ = self.model.prepare(normalize_intensity(image.array, self.config.get("intensity")))
-        return x[0]
+    @property
+    def reader(self) -> InputAdapter:
+        return self.adapter if self.adapter is not None else IntensityWindow(self.config.get("intensity"))
+
+    def prepare(self, image: Image) -> tuple[torch.Tensor, GridMap]:
+        """The image preprocessed as the model reads it: its `(C, *model_grid)` input on the model's device,
+        and the map between the image's grid and the model's."""
+        if self.adapter is None:
+            self.check_fits(image)
+        return self.reader.prepare(image, self.model)
+
+    def check_fits(self, image: Image) -> None:
+        """Refuse an image whose spatial axes or channels differ from the network's (from its configuration)."""
+        network = self.config.get("network", {})
+        dims, channels = network.get("spatial_dims"), network.get("in_channels")
+        if dims is None or channels is None:
+            return
+        grid = "x".join(str(n) for n in image.spatial_shape)
+        if image.spatial_dims != dims or image.array.shape[0] != channels:
+            raise SegxaiError(f"the image is {image.spatial_dims}D ({grid}) with {image.array.shape[0]} channel(s); "
+                              f"the model takes {dims}D images with {channels} channel(s)")
 
     def class_rows(self) -> list[dict[str, Any]]:
-        """The checkpoint's classes with their names and validation Dice (report tables)."""
+        """The model's classes with their names and, where the checkpoint stores it, validation Dice."""
         dice = self.config.get("validation_dice", {})
         names = self.config.get("names", {})
-        return [{"class": k, "name": v, "validation Dice": dice.get(v, "")} for k, v in names.items()]
+        return [{"class": k, "name": v, **({"validation Dice": dice[v]} if v in dice else {})}
+                for k, v in names.items()]
 
 
 def load_model(checkpoint: PathLike, device: str | None = None) -> LoadedModel:
@@ -86,16 +135,53 @@ class Case:
         return self.model.model
 
     @cached_property
-    def inputs(self) -> torch.Tensor:
-        """The normalised model input `(C, *spatial)`, on the model's device."""
+    def _prepared(self) -> tuple[torch.Tensor, GridMap]:
         if self.model is None:
             raise SegxaiError(f"case {self.name} was loaded without a model")
         return self.model.prepare(self.image)
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The model's input `(C, *model_grid)`, preprocessed as the model reads images, on its device."""
+        return self._prepared[0]
+
+    @property
+    def grid(self) -> GridMap:
+        """The map between the image's grid and the model's (the identity for models that read images as
+        they are, and for a case loaded without a model): command-line positions and masks go forwards with it,
+        maps come back."""
+        return SameGrid(tuple(self.image.spatial_shape)) if self.model is None else self._prepared[1]
+
+    @cached_property
+    def _output(self) -> SegOutput:
+        with torch.no_grad():
+            return self.segmenter(self.inputs[None])
+
+    @cached_property
+    def model_prediction(self) -> torch.Tensor:
+        """The model's predicted label map on the model's grid (CPU): what ROIs and targets are built from."""
+        return self._output.label_map()[0].cpu()
+
     @cached_property
     def prediction(self) -> torch.Tensor:
-        """The model's predicted label map on the image grid (CPU)."""
-        return self.segmenter.predict(self.inputs).cpu()
+        """The model's predicted label map on the image grid (CPU), as the model's own pipeline writes it."""
+        return self.model.reader.labels(self._output, self.grid)
+
+    def to_model(self, mask: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """A boolean mask on the image grid, on the model's grid."""
+        mask = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).bool()
+        return self.grid.mask_to_model(mask)
+
+    def target_to_model(self, target: Target) -> Target:
+        """A target given on the image's grid (a `Voxel` position), on the model's grid."""
+        if isinstance(target, Voxel) and not isinstance(self.grid, SameGrid):
+            return Voxel(target.cls, self.grid.index_to_model(target.position), target.score)
+        return target
+
+    def to_image(self, explanation: Explanation) -> Explanation:
+        """An explanation computed on the model's grid, with its maps on the image grid (what is written)."""
+        shown = torch.as_tensor(np.asarray(self.image.array, dtype=np.float32))
+        return explanation_on_image(explanation, self.grid, shown)
 
     def reference_of(self, cls: int) -> torch.Tensor | None:
         """The reference voxels of class `cls` (boolean, on the image grid), None without a reference."""
@@ -120,14 +206,17 @@ def load_case(images: PathLike | Sequence[PathLike], reference: PathLike | None 
     Args:
         images: one image file or DICOM folder, or several single-modality files stacked as channels.
         reference: a label map on the image grid (ground truth, lesion mask), or None.
-        model: a checkpoint path, a `LoadedModel`, or None.
+        model: a model path (`segxai.models.load`: checkpoint, nnU-Net folder, MONAI bundle, TorchScript), a
+            `LoadedModel` (to share one between cases, or loaded with options), or None.
         name: the case name (default: the first image's file name without its extension).
         device: where a checkpoint path is loaded.
     Returns:
         The case; bad files raise `SegxaiError` naming them.
     """
+    from segxai.models.loading import load
+
     paths = [Path(images)] if isinstance(images, (str, Path)) else [Path(p) for p in images]
-    loaded = load_model(model, device) if isinstance(model, (str, Path)) else model
+    loaded = load(model, device=device) if isinstance(model, (str, Path)) else model
     image = load_image(paths)
     labels = None if reference is None else load_mask(reference, like=image)
     return Case(name or file_stem(paths[0]), image, labels, loaded, tuple(paths),

@@ -24,7 +24,7 @@ def write_payload(path: str | Path, fmt: str, config: dict[str, Any], state: dic
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in state.items()}
-    with atomic_write(path) as tmp:
+    with atomic_write(path, durable=True) as tmp:
         torch.save({"format": fmt, "config": config, "state_dict": state}, tmp)
     return path
 
@@ -50,6 +50,27 @@ def read_payload(path: str | Path, fmt: str, what: str, hint: str) -> dict[str, 
     return payload
 
 
+def check_weights(skeleton: nn.Module, state: dict[str, Any], ignore: str | None = None) -> None:
+    """Check a state dict against a network built on the meta device (no memory), before the real one is built:
+    the same names and shapes, and a size that fits in memory. Names starting with `ignore` (parts the
+    checkpoint does not store) are left out."""
+    from segxai.measure import check_fits
+
+    expected = {k: v for k, v in skeleton.state_dict().items() if ignore is None or not k.startswith(ignore)}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SegxaiError(f"the state dict does not match its configuration (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]})")
+    for name, tensor in expected.items():
+        given = state[name]
+        if not isinstance(given, torch.Tensor) or tuple(given.shape) != tuple(tensor.shape):
+            shape = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
+            raise SegxaiError(f"the state dict does not match its configuration: {name} is {shape}, the configuration "
+                              f"makes {tuple(tensor.shape)}")
+    check_fits(4.0 * sum(t.numel() for t in expected.values()), "the network of this configuration",
+               "check its `network` settings")
+
+
 def save_checkpoint(path: str | Path, net: nn.Module, config: dict[str, Any]) -> Path:
     """Write the network's weights and configuration atomically."""
     return write_payload(path, FORMAT, config, net.state_dict())
@@ -64,11 +85,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
         "train one with `segxai train`, or wrap your own network with segxai.SegModel in Python",
     )
     config = payload["config"]
-    net = build_network(config)
     try:
-        net.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        reason = (str(error).strip().splitlines() or ["(no details)"])[0]
-        raise SegxaiError(f"checkpoint {path} does not match its configuration: {reason}") from None
+        check_weights(build_network(config, device="meta"), payload["state_dict"])
+        net = build_network(config)
+    except SegxaiError as error:
+        raise SegxaiError(f"checkpoint {path}: {error}") from None
+    net.load_state_dict(payload["state_dict"])
     model = SegModel(net, activation=config.get("activation", "softmax"), device=device, pad_to=total_stride(config))
     return model, config

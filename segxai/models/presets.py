@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 from torch import nn
@@ -12,6 +13,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Small enough to train on two CPU cores in about a minute; batch norm keeps the receptive field local.
     "unet2d": {"spatial_dims": 2, "channels": [16, 32, 64], "strides": [2, 2], "num_res_units": 1, "norm": "batch"},
     "unet3d": {"spatial_dims": 3, "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1, "norm": "batch"},
+    # The same with MONAI's default instance norm (global receptive field unless norms are frozen).
+    "unet2d-instance": {"spatial_dims": 2, "channels": [16, 32, 64], "strides": [2, 2], "num_res_units": 1,
+                        "norm": "instance"},
+    "unet3d-instance": {"spatial_dims": 3, "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1,
+                        "norm": "instance"},
 }
 
 
@@ -23,12 +29,26 @@ def network_config(preset: str, in_channels: int, out_channels: int, **extra: An
             "activation": "softmax", **extra}
 
 
-def build_network(config: dict[str, Any]) -> nn.Module:
-    """The MONAI UNet a configuration describes (random initialisation)."""
+def build_network(config: dict[str, Any], device: str = "cpu") -> nn.Module:
+    """The MONAI UNet a configuration describes (random initialisation) on `device`; "meta" builds it without
+    memory, to check the settings and the weights' shapes before a network of unknown size is allocated."""
+    import torch
     from monai.networks.nets import UNet
 
-    params = copy.deepcopy(config["network"])
-    return UNet(**params)
+    params = config.get("network") if isinstance(config, dict) else None
+    if not isinstance(params, dict):
+        raise SegxaiError("the configuration has no `network` settings (a dict of MONAI UNet arguments)")
+    known = [name for name in inspect.signature(UNet).parameters if name != "self"]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise SegxaiError(f"network setting {unknown[0]!r} is not a MONAI UNet argument; known: {', '.join(known)}")
+    try:
+        with torch.device(device):
+            return UNet(**copy.deepcopy(params))
+    except Exception as error:  # MONAI raises TypeError, ValueError, AssertionError... for values it rejects
+        reason = (str(error).strip().splitlines() or ["(no details)"])[0]
+        raise SegxaiError(f"the network settings {params} do not make a MONAI UNet: {type(error).__name__}: "
+                          f"{reason}") from None
 
 
 def total_stride(config: dict[str, Any]) -> int:

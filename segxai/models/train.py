@@ -33,6 +33,8 @@ class TrainResult:
 def one_cycle_schedule(optimiser: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
     """One-cycle learning rate with a 10 % warm-up, lengthened for short runs: torch divides by zero when the
     warm-up ends on step 0 (e.g. 10 steps at 10 %)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise SegxaiError(f"steps must be a whole number >= 1, not {steps!r}")
     warmup = min(0.75, max(0.1, 1.5 / steps))
     return torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=warmup)
 

@@ -55,22 +55,27 @@ def causal_blocks_case(
     """
     from segxai.io.table import write_csv
     from segxai.methods.perturb.causal_blocks import CausalBlocks, patch_pool
+    from segxai.methods.perturb.regions import check_sizes
     from segxai.report.causal_plots import save_causal_figures
     from segxai.targets import RegionDice
 
     out = _output_dir(out_dir, case, pool_dir)
     mask = _region(region, case, cls)
     params = dict(params or {})
+    check_sizes(params.get("block", 8), "block")  # before the pool, which is cut into blocks
     if pool_dir is not None:
         params["pool"] = patch_pool(_pool_images(pool_dir, case), params.get("block", 8), seed=options.seed)
     elif params.get("fill", "pool") == "pool":
         raise SegxaiError("causal blocks need --pool DIR (images to draw treatment patches from) or --param fill=zero")
     try:
         method = CausalBlocks(case.segmenter, **params)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
+        if isinstance(error, SegxaiError):
+            raise
         raise SegxaiError(f"bad setting for causal blocks: {error}") from None
     explanation = method.explain(case.inputs, RegionDice(cls, region=mask), seed=options.seed,
                                  progress=options.progress)
+    explanation = case.to_image(explanation)
     explanation.stats.update(checkpoint=str(case.model.path), images=[str(p) for p in case.image_files])
     _, like = case.map_format
     written = explanation.save(out, like=like, name="ate", channel_names=["all"], overlay=views_like(like))

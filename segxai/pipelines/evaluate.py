@@ -157,6 +157,7 @@ def evaluate_case(
     organ = case.reference_of(label)
     if organ is None or not bool(organ.any()):
         raise SegxaiError(f"label {label} does not occur in the reference {case.reference_file}")
+    organ = case.to_model(organ)
     chosen = parse_target(target) if target else ClassRegion(label, organ, score="prob", reduce="mean")
     if effort not in EFFORTS:
         raise SegxaiError(f"effort must be one of {', '.join(EFFORTS)}, got {effort!r}")

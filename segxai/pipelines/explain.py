@@ -65,11 +65,13 @@ def explain_case(
     spec = parse_roi(roi) if isinstance(roi, str) else roi
     explainer = get_method(method, case.segmenter, **(params or {}))
     mask = None if spec is None else spec.resolve(case, getattr(chosen, "cls", None))
-    explanation = explainer.explain(case.inputs, chosen, roi=mask, seed=options.seed, progress=options.progress)
+    explanation = explainer.explain(case.inputs, case.target_to_model(chosen), roi=mask, seed=options.seed,
+                                    progress=options.progress)
+    explanation = case.to_image(explanation)
     names = case.channel_names
     share = modality_share(explanation, names) if explanation.attribution.shape[0] == len(names) else {}
     explanation.stats.update(checkpoint=str(case.model.path), images=[str(p) for p in case.image_files],
-                             modality_share=share)
+                             modality_share=share, **model_notes(case))
     extension, like = case.map_format
     channels = names if share else ["all"] * explanation.attribution.shape[0]
     written = explanation.save(out, like=like, channel_names=channels, overlay=views_like(like))
@@ -79,6 +81,12 @@ def explain_case(
     written["report"] = _write_report(out, explanation, written, case, share, title or f"{method} of {named}",
                                       options.command, like)
     return FileExplanation(explanation, case, written, share)
+
+
+def model_notes(case: Case) -> dict[str, str]:
+    """What a report should say about the model's grid: the framework, and what the maps are gradients of."""
+    config = case.model.config if case.model is not None else {}
+    return {k: str(config[k]) for k in ("framework", "attribution_space") if k in config}
 
 
 def modality_share(explanation: Explanation, channel_names: Sequence[str]) -> dict[str, float]:

@@ -31,6 +31,9 @@ def train_files(images: Sequence[PathLike], out: PathLike, config: TrainConfig, 
     Returns:
         The number of training images (tiles).
     """
+    from segxai.io import check_output_file
+
+    check_output_file(out, [*images, *(masks or ()), backbone])
     data = files.read_dataset(images, masks, labels, tiles)
     from pathlib import Path
 

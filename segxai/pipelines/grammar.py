@@ -52,28 +52,30 @@ class RoiSpec:
         return self.spec
 
     def resolve(self, case: Case, cls: int | None = None) -> torch.Tensor | None:
-        """The ROI on `case`'s grid (None for `none`); `cls` is the target's class, the default CLS."""
+        """The ROI on the grid `case`'s model reads (None for `none`); `cls` is the target's class, the default
+        CLS. Boxes, mask files, references and text ROIs are given on the image's grid and mapped forwards;
+        margins are grown on the model's grid."""
         from segxai import roi
 
         margin = self.margin or 0.0
         if self.kind == "none":
             return None
         if self.kind == "box":
-            return roi.from_box(*self._box(case.image.spatial_dims), case.image.spatial_shape)
+            return case.to_model(roi.from_box(*self._box(case.image.spatial_dims), case.image.spatial_shape))
         if self.kind == "mask":
             from segxai.io import load_mask
 
-            return roi.from_mask(load_mask(self.path, like=case.image) > 0, margin)
+            return roi.from_mask(case.to_model(load_mask(self.path, like=case.image) > 0), margin)
         if self.kind == "text":
             from segxai.localize import load_localizer
 
-            return roi.from_text(self.prompt, load_localizer(self.path), case.image.array,
-                                 margin=TEXT_MARGIN if self.margin is None else self.margin)
+            found = roi.from_text(self.prompt, load_localizer(self.path), case.image.array, margin=0)
+            return roi.from_mask(case.to_model(found), TEXT_MARGIN if self.margin is None else self.margin)
         chosen = self.cls if self.cls is not None else cls
         if chosen is None:
             raise SegxaiError(f"ROI {self.spec!r} needs a class: write {self.kind}:CLS or use a target with a class")
         if self.kind == "prediction":
-            return roi.from_predicted_labels(case.prediction, chosen, margin)
+            return roi.from_predicted_labels(case.model_prediction, chosen, margin)
         truth = case.reference_of(chosen)
         if truth is None:
             raise SegxaiError(f"ROI {self.spec!r} needs the case's reference mask (--reference on the command line, "
@@ -81,7 +83,7 @@ class RoiSpec:
         if not bool(truth.any()):
             raise SegxaiError(f"ROI {self.spec!r}: the reference mask of case {case.name} holds no voxel of class "
                               f"{chosen}")
-        return roi.from_mask(truth, margin)
+        return roi.from_mask(case.to_model(truth), margin)
 
     def _box(self, dims: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         if len(self.box) == 2:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanations
@@ -59,7 +60,7 @@ def explain_instances_case(
     from segxai.metrics.instance import instance_rows, radial_profile
 
     out = prepare_output_dir(out_dir, case.files)
-    truth = None if case.reference is None else lesion_reference(case)
+    truth = None if case.reference is None else reference_on_model(case)
     params = dict(params or {})
     shared = method in SHARED_METHODS
     explainer = method if shared else get_method(method, case.segmenter, **params)
@@ -68,6 +69,7 @@ def explain_instances_case(
                                          seed=options.seed, progress=options.progress, **(params if shared else {}))
     except TypeError as error:
         raise SegxaiError(f"bad setting for instance {method}: {error}") from None
+    explanations = Explanations([case.to_image(e) for e in explanations], explanations.keys, explanations.cost)
     names = case.channel_names
     channels = explanations[0].attribution.shape[0]
     names = names if channels == len(names) else [f"c{c}" for c in range(channels)]
@@ -91,6 +93,18 @@ def explain_instances_case(
     written["report"] = _write_report(out, explanations, rows, written, case,
                                       title or f"{method} of every instance of class {cls}", options.command)
     return InstanceFileExplanation(explanations, rows, written)
+
+
+def reference_on_model(case: Case) -> torch.Tensor:
+    """`lesion_reference` on the model's grid: a mask through `Case.to_model`, an instance label map one
+    instance at a time (so that every id survives the grid map)."""
+    reference = lesion_reference(case)
+    if reference.dtype == bool:
+        return case.to_model(reference)
+    out = torch.zeros(case.grid.model_shape, dtype=torch.int64)
+    for value in np.unique(reference[reference > 0]):
+        out[case.to_model(reference == value)] = int(value)
+    return out
 
 
 def lesion_reference(case: Case) -> np.ndarray:

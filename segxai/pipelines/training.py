@@ -114,10 +114,14 @@ def train_checkpoint(out: PathLike, *, phantom: str | None = None, shape: Sequen
     Returns:
         The checkpoint path and the validation Dice.
     """
+    from segxai.io import check_output_file
     from segxai.models.checkpoint import save_checkpoint
     from segxai.models.train import train_on_phantoms, train_segmenter
 
+    check_output_file(out, [*(images or ()), *(labels or ()), names])
     if phantom is not None:
+        if intensity is not None:
+            raise SegxaiError("--intensity applies to training on --images; phantoms have their own normalisation")
         result = train_on_phantoms(phantom, tuple(shape), steps=steps, seed=options.seed, progress=options.progress)
     else:
         if not images or not names:
@@ -153,8 +157,10 @@ def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike]
     Returns:
         The checkpoint path and the final training loss.
     """
+    from segxai.io import check_output_file
     from segxai.localize import build_encoder, save_localizer, train_localizer
 
+    check_output_file(out, [*images, *labels, names])
     cases = read_labelled(images, labels)
     localizer = train_localizer(
         [c.image.array for c in cases], [c.reference for c in cases], read_names(names), build_encoder(encoder),
@@ -168,10 +174,11 @@ def localize_file(localizer: PathLike, images: Sequence[PathLike], prompt: str, 
                   threshold: float = 0.5, margin: float = 8.0) -> tuple[Path, int]:
     """Write the ROI of the organ named by `prompt` on an image (several files = modalities) to `out`, with the
     image's geometry; returns the path and the ROI's voxel count."""
-    from segxai.io import save_array
+    from segxai.io import check_output_file, save_array
     from segxai.localize import load_localizer
     from segxai.roi import from_text
 
+    check_output_file(out, [localizer, *images])
     case = load_case(images)
     mask = from_text(prompt, load_localizer(localizer), case.image.array, threshold=threshold, margin=margin)
     return save_array(mask.numpy(), out, like=case.image), int(mask.sum())

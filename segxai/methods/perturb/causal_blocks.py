@@ -20,10 +20,10 @@ import torch
 from segxai.errors import SegxaiError
 from segxai.methods.base import Context
 from segxai.methods.perturb import engine
-from segxai.methods.perturb.base import PerturbationMethod, PerturbationStats, crop_figures
+from segxai.methods.perturb.base import PerturbationMethod, PerturbationStats
 from segxai.methods.perturb.estimators import Estimator
 from segxai.methods.perturb.fills import FILLS, Fill, _sample_seeds, make_fill
-from segxai.methods.perturb.regions import Regions, per_axis
+from segxai.methods.perturb.regions import Regions, check_sizes, per_axis
 from segxai.targets import Target
 
 RANDOM_FILLS = ("pool", "noise")
@@ -184,26 +184,28 @@ class CausalBlocks(PerturbationMethod):
         """Screen, then estimate, the blocks of one `(1, C, *spatial)` input; returns map, footprint and its
         `CausalBlockStats`."""
         shape = tuple(item.shape[2:])
-        ref = engine.reference(self.model, item, target, roi, self.outside)
         area = torch.ones(shape, dtype=torch.bool) if roi is None else roi
-        reachable = engine.reach(self.model, ref, area)
-        crop = engine.plan_crop(self.model, ref, reachable, self.crop)
+        plan = self._plan(item, target, area)
+        ref = plan.ref
         grid = BlockGrid(shape, per_axis(self.block, len(shape), "block"))
         support = ref.target.support(shape)
         candidates = treatable(grid, roi, support)
-        screened = torch.nonzero(candidates & grid.touching(reachable)).flatten()
+        screened = torch.nonzero(candidates & grid.touching(plan.reachable)).flatten()
         effects = BlockEffects(grid, self.scale, self.tau)
-        fill = self._fill(ref, context)
         screen = self.screen_draws if self.random else 1
-        self._treat(ref, grid, screened, screen, fill, effects, roi, crop, context, "screen")
-        estimated = screened[effects.peak[screened] >= self.tau] if self.random else screened[:0]
-        self._treat(ref, grid, estimated, self.draws - screen, self._fill(ref, context), effects, roi, crop, context,
-                    "estimate")
+        with plan.active():
+            fill = self._fill(ref, context)
+            self._treat(plan, grid, screened, screen, fill, effects, roi, context, "screen")
+            estimated = screened[effects.peak[screened] >= self.tau] if self.random else screened[:0]
+            self._treat(plan, grid, estimated, self.draws - screen, self._fill(ref, context), effects, roi, context,
+                        "estimate")
+        inside = None if roi is None else roi.to(ref.x.device).float()
+        figures = plan.figures(engine.MaskedFill(ref.x, BlockDraws(grid, screened, screen), fill, inside), context)
         attribution = effects.result()
         attribution = attribution if roi is None else attribution * roi.to(attribution.device)
         stats = CausalBlockStats(
             score=float(ref.score[0]), regions=len(screened) * screen + len(estimated) * (self.draws - screen),
-            **crop_figures(crop), **block_stats(effects, candidates, self.tau),
+            **figures, **block_stats(effects, candidates, self.tau),
             base_score=float(self.scale * ref.score[0]),
             screened_blocks=len(screened), estimated_blocks=len(estimated),
             unreachable_blocks=int(candidates.sum()) - len(screened))
@@ -215,11 +217,11 @@ class CausalBlocks(PerturbationMethod):
             return patch_fill(ref.x, self.pool, per_axis(self.block, ref.x.ndim - 2, "block"), context.generator)
         return make_fill(self.fill, ref.x, generator=context.generator, pool=self.pool)
 
-    def _treat(self, ref, grid, blocks, draws, fill, effects, roi, crop, context, stage: str) -> None:
+    def _treat(self, plan, grid, blocks, draws, fill, effects, roi, context, stage: str) -> None:
         """Run `draws` treatments of each of `blocks` through the engine into `effects` (nothing when empty)."""
         if len(blocks) and draws > 0:
-            engine.run(self.model, ref, BlockDraws(grid, blocks, draws), fill, effects, roi, crop, context,
-                       desc=f"{self.name} {stage}")
+            engine.run(self.model, plan.ref, BlockDraws(grid, blocks, draws), fill, effects, roi, plan.scorer,
+                       context, desc=f"{self.name} {stage}")
 
 
 def treatable(grid: BlockGrid, roi: torch.Tensor | None, support: torch.Tensor | None) -> torch.Tensor:
@@ -298,7 +300,7 @@ def patch_pool(images: Sequence[np.ndarray | torch.Tensor], block: int | Sequenc
 
 def _check_settings(block, fill, pool, screen_draws, draws, tau, scale) -> None:
     """Clear errors for settings that cannot work, before any forward pass."""
-    per_axis(block, 1 if isinstance(block, int) else len(block), "block")
+    check_sizes(block, "block")
     if not isinstance(fill, (int, float)) and fill not in FILLS or isinstance(fill, bool):
         raise SegxaiError(f"unknown fill {fill!r}; use a number or one of {', '.join(FILLS)}")
     if fill == "pool" and (not isinstance(pool, torch.Tensor) or pool.ndim < 3):

@@ -299,19 +299,19 @@ def run(
     fill: Fill,
     estimator: Estimator,
     roi: torch.Tensor | None,
-    crop: Crop | None,
+    scorer: Scorer,
     context: Context,
     desc: str,
 ) -> torch.Tensor:
-    """Score every region's perturbed input in batches and feed the estimator (effects against the clean input
-    of the same batch for an estimator marked `relative`); returns its `(*spatial)` map, zero outside `roi`."""
+    """Score every region's perturbed input in batches with `scorer` (e.g. `crop_scorer`) and feed the
+    estimator (effects against the clean input of the same batch for an estimator marked `relative`); returns
+    its `(*spatial)` map, zero outside `roi`."""
     device = ref.x.device
     inside = None if roi is None else roi.to(device).float()
     if len(regions) == 0:
         raise SegxaiError("no perturbation region touches the ROI; use a smaller window or a larger ROI")
     clean = ref.x if estimator.relative else None
-    batches = scored(model, MaskedFill(ref.x, regions, fill, inside), crop_scorer(model, ref, crop), context,
-                     clean=clean, desc=desc)
+    batches = scored(model, MaskedFill(ref.x, regions, fill, inside), scorer, context, clean=clean, desc=desc)
     for batch, scores in batches:
         masks, features = batch.info
         estimator.update(masks, scores, features)

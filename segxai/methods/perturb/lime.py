@@ -44,7 +44,7 @@ class LIME(PerturbationMethod):
             min_overlap: with an ROI, the share of a superpixel's voxels inside it that makes it a feature.
             superpixel_options: passed to the scikit-image segmenter.
             sampler, kernel, surrogate: replacements of the default parts.
-            **options: the perturbation settings of `PerturbationMethod` (fill, outside, crop, pool).
+            **options: the perturbation settings of `PerturbationMethod` (fill, outside, crop, pool, norm, incremental).
         """
         super().__init__(model, **options)
         check_method(superpixels)
@@ -69,8 +69,8 @@ class LIME(PerturbationMethod):
     def _estimator(self, ref, regions):
         return SurrogateFit(regions.segments.to(ref.x.device), regions.feature_ids, self.kernel, self.surrogate)
 
-    def _item_stats(self, ref, regions, estimator, crop):
-        return LimeStats(**super()._item_stats(ref, regions, estimator, crop).as_fields(),
+    def _item_stats(self, ref, regions, estimator, figures):
+        return LimeStats(**super()._item_stats(ref, regions, estimator, figures).as_fields(),
                          superpixels=regions.n_segments, features=len(regions.feature_ids), r2=estimator.fit.r2)
 
 

@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 from segxai.methods.perturb.base import PerturbationMethod
 from segxai.methods.perturb.estimators import Difference
-from segxai.methods.perturb.regions import SlidingWindows
+from segxai.methods.perturb.regions import SlidingWindows, check_sizes
 
 
 class Occlusion(PerturbationMethod):
@@ -16,7 +16,8 @@ class Occlusion(PerturbationMethod):
         model: a `SegModel` or a network.
         window: window size, an int or one per spatial axis.
         stride: step between windows, an int or one per spatial axis.
-        **options: the shared perturbation settings (`fill`, `outside`, `crop`, `pool`).
+        **options: the shared perturbation settings (`fill`, `outside`, `crop`, `pool`, `norm`,
+            `incremental`).
     """
 
     name = "occlusion"
@@ -24,6 +25,8 @@ class Occlusion(PerturbationMethod):
 
     def __init__(self, model, window: int | Sequence[int] = 8, stride: int | Sequence[int] = 8, **options) -> None:
         super().__init__(model, **options)
+        check_sizes(window, "window")
+        check_sizes(stride, "stride")
         self.window, self.stride = window, stride
 
     def params(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from segxai.errors import SegxaiError
+from segxai.measure import check_fits
 
 
 class Regions:
@@ -31,11 +32,22 @@ class Regions:
         return None
 
 
+def check_sizes(value: object, name: str) -> None:
+    """Refuse a size setting that is not a positive whole number or a sequence of them (one per spatial axis)."""
+    def whole(v: object) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+    if not (whole(value) or isinstance(value, (tuple, list)) and value and all(whole(v) for v in value)):
+        raise SegxaiError(f"{name} must be a positive whole number or one per spatial axis, e.g. 8 or (8, 8, 4), "
+                          f"not {value!r}")
+
+
 def per_axis(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
     """Broadcast an int to every spatial axis, or check a per-axis tuple (MONAI style)."""
-    values = (int(value),) * ndim if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(values) != ndim or min(values) < 1:
-        raise SegxaiError(f"{name} must be a positive int or one positive int per spatial axis ({ndim}), not {value!r}")
+    check_sizes(value, name)
+    values = (int(value),) * ndim if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+    if len(values) != ndim:
+        raise SegxaiError(f"{name} {value!r} gives {len(values)} sizes for an input with {ndim} spatial axes")
     return values
 
 
@@ -74,32 +86,51 @@ class SlidingWindows(Regions):
 class RiseMasks(Regions):
     """RISE masks (Petsiuk et al. 2018): a random binary `grid`^d with P(keep) = `p`, upsampled smoothly to
     (grid + 1) cells and cropped at a random shift. With `roi`, masks live on the ROI's bounding box, so cells
-    shrink to the region and the masks vary only where it matters. All draws come from `generator`."""
+    shrink to the region and the masks vary only where it matters.
+
+    The draws are made lazily, `CHUNK` masks at a time from a generator seeded by one draw of `generator`
+    and the chunk's number, so memory does not grow with `n_masks` and a mask does not depend on the batches
+    it is rendered in."""
+
+    CHUNK = 256
 
     def __init__(self, shape: Sequence[int], n_masks: int, grid: int = 7, p: float = 0.5, *,
                  generator: torch.Generator, roi: torch.Tensor | None = None) -> None:
         if n_masks < 1 or not 0 < p < 1 or grid < 1:
             raise SegxaiError(f"RISE needs n_masks >= 1, grid >= 1 and 0 < p < 1 (got {n_masks}, {grid}, {p})")
         self.shape = tuple(int(n) for n in shape)
-        self.p = float(p)
+        self.n_masks, self.grid, self.p = int(n_masks), int(grid), float(p)
         self.box = _bounding_box(roi) if roi is not None else tuple(slice(0, n) for n in self.shape)
-        size = tuple(b.stop - b.start for b in self.box)
-        self.cell = tuple(math.ceil(n / grid) for n in size)
-        self.grids = (torch.rand((n_masks, *(grid,) * len(size)), generator=generator) < p).float()
-        self.shifts = torch.stack([torch.randint(0, c, (n_masks,), generator=generator) for c in self.cell], 1)
-        self.size = size
+        self.size = tuple(b.stop - b.start for b in self.box)
+        self.cell = tuple(math.ceil(n / grid) for n in self.size)
+        self.seed = int(torch.randint(0, 2**62, (), generator=generator))
 
     def __len__(self) -> int:
-        return int(self.grids.shape[0])
+        return self.n_masks
+
+    def draws(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The binary grids `(n, *grid)` and shifts `(n, d)` of masks `start` to `stop`."""
+        grids, shifts = [], []
+        for chunk in range(start // self.CHUNK, (stop - 1) // self.CHUNK + 1):
+            first = chunk * self.CHUNK
+            count = min(self.CHUNK, self.n_masks - first)
+            generator = torch.Generator().manual_seed(self.seed + chunk)
+            drawn = (torch.rand((count, *(self.grid,) * len(self.size)), generator=generator) < self.p).float()
+            shift = torch.stack([torch.randint(0, c, (count,), generator=generator) for c in self.cell], 1)
+            low, high = max(start - first, 0), min(stop - first, count)
+            grids.append(drawn[low:high])
+            shifts.append(shift[low:high])
+        return torch.cat(grids), torch.cat(shifts)
 
     def masks(self, start: int, stop: int) -> torch.Tensor:
-        grids = self.grids[start:stop, None]
+        grids, shifts = self.draws(start, stop)
+        grids = grids[:, None]
         mode = "bilinear" if len(self.size) == 2 else "trilinear"
         upsampled = F.interpolate(grids, size=tuple((g + 1) * c for g, c in zip(grids.shape[2:], self.cell)),
                                   mode=mode, align_corners=False)[:, 0]
         keep = torch.stack([
             upsampled[(i, *(slice(s, s + n) for s, n in zip(shift, self.size)))]
-            for i, shift in enumerate(self.shifts[start:stop].tolist())
+            for i, shift in enumerate(shifts.tolist())
         ])
         masks = torch.zeros((len(keep), *self.shape))
         masks[(slice(None), *self.box)] = 1.0 - keep
@@ -120,6 +151,10 @@ class SuperpixelSamples(Regions):
         self.shape = tuple(self.segments.shape)
         self.n_segments = int(self.segments.max()) + 1
         self.feature_ids = self._select(roi, float(min_overlap))
+        # The states are kept for the surrogate fit (as bool here, as float64 in the fit).
+        check_fits(9.0 * int(n_samples) * len(self.feature_ids),
+                   f"LIME's on/off states for n_samples={int(n_samples)} x {len(self.feature_ids)} superpixels",
+                   "use fewer samples (n_samples) or superpixels (n_segments)")
         self.z = torch.as_tensor(sampler(int(n_samples), len(self.feature_ids), generator)).bool().cpu()
         if self.z.shape != (int(n_samples), len(self.feature_ids)):
             raise SegxaiError(f"the sampler gave states of shape {tuple(self.z.shape)}, not (n_samples, features) = "

@@ -20,6 +20,7 @@ from segxai.methods.base import Context, as_segmodel
 from segxai.methods.perturb import engine
 from segxai.methods.perturb.causal_blocks import BlockGrid
 from segxai.methods.perturb.fills import make_fill
+from segxai.methods.perturb.frozen_norm import Norm, Statistics, check_norm, frozen, recorder
 from segxai.methods.perturb.regions import per_axis
 from segxai.metrics.faithfulness.curves import TargetLike, single_image, voxel_map
 from segxai.metrics.localization import MapLike
@@ -90,6 +91,7 @@ def block_intervention_curve(
     seed: int = 0,
     batch_size: int | str = "auto",
     progress: bool = False,
+    norm: Norm = "exact",
 ) -> BlockCurve:
     """Treat the top-`k` blocks of `attribution` together and score `target` (bound to the clean output),
     for each `k` in `ks`.
@@ -117,10 +119,11 @@ def block_intervention_curve(
         seed: seeds the fills and the random control.
         batch_size: inputs per forward pass, a positive int or "auto" (a memory budget).
         progress: show a progress bar.
+        norm: "exact", or "frozen" for the clean input's normalisation statistics in every treated pass.
     Returns:
         The curve.
     """
-    setup = _BlockSetup.create(model, inputs, block, exclude, fill, pool, draws, seed, batch_size, progress)
+    setup = _BlockSetup.create(model, inputs, block, exclude, fill, pool, draws, seed, batch_size, progress, norm)
     order = setup.order(attribution, supportive)
     ks = _block_counts(ks, len(order))
     with setup.model.measure() as measure, torch.no_grad():
@@ -148,6 +151,7 @@ def sign_consistency(
     exclude: ArrayLike | None = None,
     seed: int = 0,
     batch_size: int | str = "auto",
+    norm: Norm = "exact",
 ) -> SignConsistency:
     """Treat all blocks with block-mean attribution > `tau` together, then all with < -`tau`, and check the
     signs (PdCR, arXiv 2602.20511). With `supportive="low"` (ATE maps) the positive group should raise the
@@ -163,7 +167,7 @@ def sign_consistency(
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0:
         raise SegxaiError(f"tau must be a non-negative number, not {tau!r}")
     _check_supportive(supportive)
-    setup = _BlockSetup.create(model, inputs, block, exclude, fill, pool, draws, seed, batch_size, False)
+    setup = _BlockSetup.create(model, inputs, block, exclude, fill, pool, draws, seed, batch_size, False, norm)
     means = setup.block_means(attribution)
     positive, negative = setup.order_by(means, descending=True), setup.order_by(means, descending=False)
     sizes = int((means[positive] > tau).sum()), int((means[negative] < -tau).sum())
@@ -195,11 +199,13 @@ class _BlockSetup:
     fills: list[torch.Tensor]
     draws: int
     context: Context
+    norm: Norm = "exact"
+    statistics: Statistics | None = None
 
     @classmethod
     def create(cls, model: SegModel | nn.Module, inputs: ArrayLike, block: int | tuple[int, ...],
                exclude: ArrayLike | None, fill: str | float, pool: ArrayLike | None, draws: int,
-               seed: int, batch_size: int | str, progress: bool) -> _BlockSetup:
+               seed: int, batch_size: int | str, progress: bool, norm: Norm = "exact") -> _BlockSetup:
         """Validate the settings, lay the block grid over the image and draw the fills."""
         if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
             raise SegxaiError(f"draws must be a positive int, not {draws!r}")
@@ -212,7 +218,7 @@ class _BlockSetup:
         context = engine.context(model, x, seed=seed, batch_size=batch_size, progress=progress)
         draws = int(draws) if fill in RANDOM_FILLS else 1
         fills = _block_fills(fill, pool, x, sides, blocks.counts, context.generator, draws)
-        return cls(model, x, blocks.ids, candidates, blocks.counts, fills, draws, context)
+        return cls(model, x, blocks.ids, candidates, blocks.counts, fills, draws, context, check_norm(norm))
 
     def block_means(self, attribution: MapLike) -> torch.Tensor:
         """The mean channel-summed attribution of every block of the grid."""
@@ -242,8 +248,9 @@ class _BlockSetup:
         return block_rank[self.ids].to(self.x.device)
 
     def bind(self, target: TargetLike) -> tuple[Target, float]:
-        """The target bound to the clean output, and its clean score."""
-        clean = self.model(self.x)
+        """The target bound to the clean output, and its clean score (recording norm statistics when frozen)."""
+        with recorder(self.model, self.norm) as self.statistics:
+            clean = self.model(self.x)
         bound = as_target(target).bind(clean)
         return bound, float(evaluate(bound, clean)[0])
 
@@ -257,8 +264,10 @@ class _BlockSetup:
             group, _, k, t = items[i]
             return torch.where(groups[group][0] < k, self.fills[t][0], self.x[0])
 
-        scores = engine.score_all(self.model, engine.Inputs(len(items), treated),
-                                  engine.target_scorer(self.model, target), self.context, clean=self.x, desc=desc)
+        with frozen(self.model, self.statistics):
+            scores = engine.score_all(self.model, engine.Inputs(len(items), treated),
+                                      engine.target_scorer(self.model, target), self.context, clean=self.x,
+                                      desc=desc)
         out = [np.zeros((len(ks), self.draws)) for _, ks in groups]
         for (group, row, _, t), score in zip(items, scores.tolist()):
             out[group][row, t] = score

@@ -14,6 +14,7 @@ from segxai.errors import SegxaiError
 from segxai.measure import Cost
 from segxai.methods.base import as_segmodel
 from segxai.methods.perturb import engine
+from segxai.methods.perturb.frozen_norm import Norm, frozen, recorder
 from segxai.metrics.localization import MapLike, spatial_map
 from segxai.model import ArrayLike, SegModel, SegOutput
 from segxai.targets import Target, as_target
@@ -48,6 +49,7 @@ def deletion_curve(
     fill: float | ArrayLike = 0.0,
     batch_size: int | str = "auto",
     progress: bool = False,
+    norm: Norm = "exact",
 ) -> Curve:
     """Score `target` as the most important voxels of `inputs` are replaced by `fill`; lower AUC is better.
 
@@ -60,10 +62,12 @@ def deletion_curve(
         fill: a value or an array broadcastable to the input.
         batch_size: inputs per forward pass, a positive int or "auto" (a memory budget).
         progress: show a progress bar.
+        norm: "exact", or "frozen" to normalise every step with the clean input's instance/group/layer-norm
+            statistics (as the explanation was computed, see `segxai.methods.perturb.frozen_norm`).
     Returns:
         The curve.
     """
-    return _curve("deletion", model, inputs, target, attribution, steps, fill, batch_size, progress)
+    return _curve("deletion", model, inputs, target, attribution, steps, fill, batch_size, progress, norm)
 
 
 def insertion_curve(
@@ -76,10 +80,11 @@ def insertion_curve(
     fill: float | ArrayLike = 0.0,
     batch_size: int | str = "auto",
     progress: bool = False,
+    norm: Norm = "exact",
 ) -> Curve:
     """Score `target` as the most important voxels of `inputs` are put back into an input made of `fill`;
     higher AUC is better. The arguments are those of `deletion_curve`."""
-    return _curve("insertion", model, inputs, target, attribution, steps, fill, batch_size, progress)
+    return _curve("insertion", model, inputs, target, attribution, steps, fill, batch_size, progress, norm)
 
 
 def _curve(
@@ -92,6 +97,7 @@ def _curve(
     fill: float | ArrayLike,
     batch_size: int | str,
     progress: bool,
+    norm: Norm,
 ) -> Curve:
     """The shared body of both curves: rank, fill, score every step through the engine, integrate."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
@@ -106,9 +112,11 @@ def _curve(
     step_inputs = engine.Inputs(len(counts), lambda i: torch.where(ranks < counts[i], replaced, kept))
     context = engine.context(model, x, batch_size=batch_size, progress=progress)
     with model.measure() as measure, torch.no_grad():
-        bound = as_target(target).bind(model(x))
-        values = engine.score_all(model, step_inputs, engine.target_scorer(model, bound), context,
-                                  desc=f"{kind} curve")
+        with recorder(model, norm) as statistics:
+            bound = as_target(target).bind(model(x))
+        with frozen(model, statistics):
+            values = engine.score_all(model, step_inputs, engine.target_scorer(model, bound), context,
+                                      desc=f"{kind} curve")
     fractions = torch.tensor(counts, dtype=torch.float64) / total
     auc = float(torch.trapezoid(values, fractions))
     return Curve(kind, fractions.numpy(), values.numpy(), auc, measure.cost)

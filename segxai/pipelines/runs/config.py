@@ -66,21 +66,43 @@ Roi = Annotated[RoiSpec, PlainValidator(_roi), PlainSerializer(str)]
 
 
 class Section(BaseModel):
-    """Base of every section: frozen, unknown keys refused, values taken as typed (YAML types them)."""
+    """Base of every section: frozen, unknown keys refused, values taken as typed (YAML types them), numbers
+    finite (`.inf` and `.nan` refused)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
-    """A segxai checkpoint and the device to run it on (`model: abdomen.pt` is short for `{checkpoint: ...}`)."""
+    """The model (`segxai.models.load`: a segxai checkpoint, an nnU-Net v2 folder, a MONAI bundle or a TorchScript
+    file) and how to run it. `model: abdomen.pt` is short for `{path: abdomen.pt}`; `checkpoint` is the older
+    name of `path`. `folds`, `checkpoint_name` and `mirror` are nnU-Net's; `activation` is for TorchScript."""
 
-    checkpoint: FilePath
+    path: FilePath
     device: Text | None = None
+    folds: Annotated[tuple[Annotated[str, BeforeValidator(str)], ...], Field(strict=False)] | None = None
+    checkpoint_name: Text = "checkpoint_final.pth"
+    mirror: bool = False
+    activation: Literal["softmax", "sigmoid", "none"] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _short_form(cls, value: Any) -> Any:
-        return {"checkpoint": value} if isinstance(value, str) else value
+        if isinstance(value, str):
+            return {"path": value}
+        if isinstance(value, dict) and "checkpoint" in value and "path" not in value:
+            return {("path" if k == "checkpoint" else k): v for k, v in value.items()}
+        return value
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path
+
+    def load(self) -> Any:
+        """The loaded model (`segxai.models.case.LoadedModel`)."""
+        from segxai.models.loading import load
+
+        return load(self.path, device=self.device, folds=self.folds, checkpoint_name=self.checkpoint_name,
+                    mirror=self.mirror, activation=self.activation)
 
 
 class DatasetConfig(Section):
@@ -151,9 +173,26 @@ class MethodConfig(Section):
 
 
 class FaithfulnessConfig(Section):
-    """Deletion and insertion curves of `steps` steps."""
+    """Deletion and insertion curves of `steps` steps (and PdCR block curves of `block`-voxel blocks when set),
+    each beside a seeded random ranking and the map blurred by `sigma` voxels."""
 
     steps: Count = 10
+    block: Count | None = None
+    sigma: Annotated[float, Field(gt=0.0)] = 2.0
+
+
+class BaselinesConfig(Section):
+    """The trivial localisation baselines (the ROI, blurred ROI, centred blob, blurred map); blur of `sigma` voxels."""
+
+    sigma: Annotated[float, Field(gt=0.0)] = 2.0
+
+
+class AggregationConfig(Section):
+    """Attribution mass per segment of the `labels` map (the model's prediction or the case's reference); cases
+    whose robust z-score exceeds `outlier_z` in a cell are flagged."""
+
+    labels: Literal["prediction", "reference"] = "prediction"
+    outlier_z: Annotated[float, Field(gt=0.0)] = 3.5
 
 
 class SanityConfig(Section):
@@ -180,17 +219,22 @@ class EvaluationConfig(Section):
     faithfulness: FaithfulnessConfig | None = FaithfulnessConfig()
     sanity: SanityConfig | None = SanityConfig()
     stability: StabilityConfig | None = StabilityConfig()
+    baselines: BaselinesConfig | None = BaselinesConfig()
+    aggregation: AggregationConfig | None = AggregationConfig()
 
-    @field_validator("faithfulness", "sanity", "stability", mode="before")
+    @field_validator("faithfulness", "sanity", "stability", "baselines", "aggregation", mode="before")
     @classmethod
     def _switch(cls, value: Any) -> Any:
         return {} if value is True else None if value is False else value
 
 
 class ReportConfig(Section):
-    """How many cases the report's grid shows."""
+    """How many cases the report's grid shows, and the bootstrap intervals over cases (coverage `level`,
+    `resamples` draws seeded by the run's seed)."""
 
     cases: Annotated[int, Field(ge=0)] = 8
+    level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    resamples: Count = 2000
 
 
 class RunConfig(Section):
@@ -219,6 +263,9 @@ class RunConfig(Section):
     def _references_exist(self) -> "RunConfig":
         if self.dataset.masks is None and any(roi.kind == "reference" for roi in self.rois):
             raise ValueError("the reference ROIs need the cases' masks: set dataset.masks (or a layout that has them)")
+        aggregation = self.evaluation.aggregation
+        if self.dataset.masks is None and aggregation is not None and aggregation.labels == "reference":
+            raise ValueError("evaluation.aggregation.labels: reference needs the cases' masks: set dataset.masks")
         return self
 
     @property

@@ -48,12 +48,28 @@ def discover_cases(config: DatasetConfig) -> list[CaseFiles]:
         if case.name in cases:
             raise SegxaiError(f"dataset: two entries make case {case.name!r} ({cases[case.name].images[0]} and {entry})")
         cases[case.name] = case
+    if config.masks is None:
+        _refuse_mask_folders(cases)
     if config.layout in CHANNEL_SUFFIX_LAYOUTS:
         cases = _group_channels(cases, config)
     if not cases:
         raise SegxaiError(f"dataset: no cases (image files or case folders) in {folder}")
     found = sorted(cases.values(), key=lambda c: c.name)
     return found[: config.limit] if config.limit else found
+
+
+def _refuse_mask_folders(cases: dict[str, CaseFiles]) -> None:
+    """A sub-folder whose files are named like the single-file cases beside it holds their masks, not a case
+    with that many modalities: without `dataset.masks` that is a configuration mistake, said so."""
+    singles = {name for name, case in cases.items() if len(case.images) == 1 and case.images[0].is_file()}
+    for case in cases.values():
+        named = sorted({file_stem(p) for p in case.images if p.parent.name == case.name} & singles)
+        if named:
+            folder = case.images[0].parent
+            raise SegxaiError(f"dataset: the folder {folder} holds files named like the cases ({', '.join(named[:3])}"
+                              f"{', ...' if len(named) > 3 else ''}); if they are masks, set dataset.masks (e.g. "
+                              f"{folder.name}/{{case}}{''.join(case.images[0].suffixes)}), else leave it out with "
+                              "dataset.include")
 
 
 def _group_channels(cases: dict[str, CaseFiles], config: DatasetConfig) -> dict[str, CaseFiles]:

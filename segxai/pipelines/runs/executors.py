@@ -6,7 +6,10 @@ driver writes the manifest case by case whichever executor ran them. Ray is impo
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +50,46 @@ def _run_ray(config: RunConfig, out: Path, cases: Sequence[CaseFiles], on_record
              progress: bool) -> None:
     """One actor per worker (each loads the model once; a GPU share each when CUDA is present, used when the
     configuration's `model.device` names it), cases handed out as actors free up, records gathered in
-    completion order."""
-    import torch
-
+    completion order. A Ray instance this run started is shut down when it ends, however it ends."""
     ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:  # a cluster named by RAY_ADDRESS, else a local instance with `workers` CPUs
+        local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers, "include_dashboard": False}
+        ray.init(log_to_driver=False, **local)
+    try:
+        with _signals_interrupt():
+            _map_on_ray(ray, config, out, cases, on_record, workers, progress)
+    finally:  # Ctrl-C, a termination signal or an error: never leave this run's Ray processes behind
+        if started:
+            ray.shutdown()
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While Ray runs, SIGTERM and SIGHUP interrupt like Ctrl-C, so the `finally` that shuts Ray down runs
+    (in the main thread only, where Python delivers signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _map_on_ray(ray: Any, config: RunConfig, out: Path, cases: Sequence[CaseFiles], on_record: OnRecord,
+                workers: int, progress: bool) -> None:
+    import torch
     from ray.util import ActorPool
 
     from segxai.pipelines.runs.worker import CaseWorker
 
-    if not ray.is_initialized():  # a cluster named by RAY_ADDRESS, else a local instance with `workers` CPUs
-        local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers, "include_dashboard": False}
-        ray.init(log_to_driver=False, **local)
     gpus = 1.0 / workers if torch.cuda.is_available() else 0
     threads = max(1, int(ray.available_resources().get("CPU", workers)) // workers)
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(CaseWorker)

@@ -2,7 +2,9 @@
 
 Records are appended and flushed to disk as each case finishes, so an interrupted run keeps every finished case;
 a line torn by a crash is ignored when reading (that case simply runs again). The last record of a case wins,
-and `compact` rewrites the file atomically with one record per case at the end of a run.
+and `compact` rewrites the file atomically (fsync'ed) with one record per case at the end of a run. Only the
+process holding the output folder's lock (`segxai.atomic.folder_lock`, taken by the runner) opens a Manifest,
+so no record another process appended is lost to a rewrite.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ class Manifest:
     def compact(self) -> Path:
         """Rewrite the file atomically with the latest record of each case."""
         lines = "".join(json.dumps(r, default=str) + "\n" for r in self.records.values())
-        return write_bytes(self.path, lines.encode("utf-8"))
+        return write_bytes(self.path, lines.encode("utf-8"), durable=True)
 
     def rows(self, cases: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """The metric rows of the finished cases (all, or those named)."""

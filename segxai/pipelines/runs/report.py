@@ -26,8 +26,11 @@ DISTRIBUTIONS = {
 
 def write_run_report(out: Path, config: RunConfig, records: Sequence[Mapping[str, Any]],
                      by_method: Sequence[Mapping[str, Any]], by_target: Sequence[Mapping[str, Any]],
-                     command: str | None = None) -> Path:
-    """Write `out/report.html` from the manifest records and the summaries per method and per method and target."""
+                     command: str | None = None, evidence: Mapping[str, list[dict[str, Any]]] | None = None) -> Path:
+    """Write `out/report.html` from the manifest records, the summaries per method and per method and target,
+    and the dataset tables of `segxai.pipelines.runs.evidence` (heat maps, baselines, intervals)."""
+    from segxai.pipelines.runs.evidence import evidence_sections
+
     rows = [row for record in records if record["status"] == "done" for row in record["rows"]]
     failed = [{"case": r["case"], "error": r["error"]} for r in records if r["status"] != "done"]
     methods = [m.name for m in config.methods]
@@ -38,16 +41,18 @@ def write_run_report(out: Path, config: RunConfig, records: Sequence[Mapping[str
         "the model's layers are randomised from the output down; a method passes when its map changes (rank "
         f"correlation to the original at most {sanity.max_correlation})")
     sections = [
+        *([Section("Failed cases", text="These cases have no results; rerun the same command after fixing them.",
+                   table=failed)] if failed else []),
         Section("Method comparison", text=(
             f"Means over cases, targets and ROIs; pointing_game and sanity_pass are rates. Sanity: {sanity_text}. "
             "Seconds and passes are those of the explanation alone."), table=list(by_method)),
         Section("By method and target", table=list(by_target)),
+        *evidence_sections(out, evidence or {}, methods, config.report.level),
         Section("Metric distributions", figures=[f for f in figures if f is not None]),
         Section("Runtime vs passes", figures=[_runtime_scatter(out, rows, methods)] if rows else []),
         Section("Cases", text=("Attribution summed over channels, windowed symmetrically, target outlined (3D: three "
                                "orthogonal views through the target's centre, radiological convention)."),
                 figures=_case_grid(out, records, config.report.cases)),
-        *([Section("Failed cases", table=failed)] if failed else []),
         Section("Configuration", table=[{"key": k, "value": v} for k, v in _flatten(config.source).items()]),
     ]
     summary_box = {"cases done": sum(r["status"] == "done" for r in records), "cases failed": len(failed),

@@ -44,13 +44,13 @@ def write_summaries(rows: Sequence[Mapping[str, Any]], tables: Mapping[str, list
     for name, table in tables.items():
         if table:
             written[name] = write_csv(table, out / f"summary_{name}.csv")
-            parquet = _write_parquet(table, out / f"summary_{name}.parquet")
+            parquet = write_parquet(table, out / f"summary_{name}.parquet")
             if parquet is not None:
                 written[f"{name}_parquet"] = parquet
     return written
 
 
-def _write_parquet(table: list[dict[str, Any]], path: Path) -> Path | None:
+def write_parquet(table: list[dict[str, Any]], path: Path) -> Path | None:
     """The table as Parquet when pyarrow is installed (`segxai[parquet]`); None otherwise."""
     try:
         import pyarrow as pa

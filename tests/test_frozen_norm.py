@@ -1,0 +1,125 @@
+"""Frozen normalisation: exact on a batch-norm network, local on an instance-norm one, and the deviation it
+reports is the one measured here by a hand-written frozen network."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import segxai as sx
+from segxai.methods.perturb import frozen_norm
+from segxai.metrics import deletion_curve
+from segxai.roi import receptive_field
+from segxai.targets import ClassRegion, evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SHAPE = (24, 24)
+
+
+def instance_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.InstanceNorm2d(4, affine=True), nn.ReLU(),
+                         nn.Conv2d(4, 2, 3, padding=1)).eval()
+
+
+def by_hand_frozen(net: nn.Sequential, clean: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The network with its instance norm using the clean input's per-channel mean and variance."""
+    conv1, norm, _, conv2 = net
+    reference = conv1(clean)
+    mean = reference.mean((2, 3), keepdim=True)
+    var = reference.var((2, 3), unbiased=False, keepdim=True)
+    h = (conv1(x) - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+    return conv2(F.relu(h))
+
+
+def test_frozen_equals_exact_on_a_batch_norm_network():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    x = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(1))
+    target = ClassRegion(1)
+    exact = sx.Occlusion(net, window=4, stride=4).explain(x, target, seed=0, batch_size=8)
+    frozen = sx.Occlusion(net, window=4, stride=4, norm="frozen").explain(x, target, seed=0, batch_size=8)
+    assert frozen.stats["norm"] == "frozen (no layer to freeze)"
+    assert torch.equal(frozen.attribution, exact.attribution)
+
+
+@pytest.mark.filterwarnings("ignore:frozen normalisation deviates")
+def test_frozen_instance_norm_is_local_and_reports_the_deviation_measured_by_hand():
+    net = instance_net()
+    model = sx.SegModel(net)
+    x = torch.randn(1, 1, *SHAPE, generator=torch.Generator().manual_seed(1))
+    assert receptive_field(model, x) is None  # instance norm: global
+    with frozen_norm.recording(model) as statistics:
+        model(x)
+    with frozen_norm.frozen(model, statistics):
+        assert receptive_field(model, x) == (2, 2)  # two 3x3 convolutions
+        assert torch.allclose(model(x).logits, by_hand_frozen(net, x, x), atol=1e-5)
+    assert model.receptive_fields[SHAPE] is None  # the exact network's radius is kept apart
+
+    mask = torch.zeros(SHAPE, dtype=torch.bool)
+    mask[10:14, 10:14] = True
+    roi = torch.zeros(SHAPE, dtype=torch.bool)
+    roi[8:16, 8:16] = True  # four 4x4 windows: no more than CHECKS, so every one is checked
+    target = ClassRegion(1, mask)
+    explanation = sx.Occlusion(net, window=4, stride=4, norm="frozen").explain(x[0], target, roi=roi, seed=0)
+    stats = explanation.stats
+    assert stats["norm"] == "frozen" and stats["norm_checked"] == 4
+
+    windows = [(r, c) for r in (8, 12) for c in (8, 12)]
+    inputs = x.repeat(4, 1, 1, 1)
+    for i, (r, c) in enumerate(windows):
+        inputs[i, :, r:r + 4, c:c + 4] = 0.0
+    with torch.no_grad():
+        bound = target.bind(model(x))
+        clean = float(evaluate(bound, model(x))[0])
+        exact = evaluate(bound, sx.SegModel(net)(inputs))
+        approximate = evaluate(bound, sx.model.SegOutput(by_hand_frozen(net, x, inputs), "softmax", 0.5))
+    relative = (approximate - exact).abs() / abs(clean)
+    assert stats["norm_deviation_max"] == pytest.approx(float(relative.max()), rel=1e-4, abs=1e-7)
+    assert stats["norm_deviation_mean"] == pytest.approx(float(relative.mean()), rel=1e-4, abs=1e-7)
+    of_effect = float((approximate - exact).abs().max() / (exact - clean).abs().max())
+    assert stats["norm_deviation_of_effect"] == pytest.approx(of_effect, rel=1e-4)
+    assert stats["norm_deviation_max"] > 0  # instance norm does see the windows
+    # the map is the frozen network's own occlusion map (score drops)
+    with torch.no_grad():
+        drops = clean - evaluate(bound, sx.model.SegOutput(by_hand_frozen(net, x, inputs), "softmax", 0.5))
+    for (r, c), drop in zip(windows, drops):
+        assert float(explanation.attribution[0, r, c]) == pytest.approx(float(drop), rel=1e-4, abs=1e-5)
+
+
+def test_a_large_deviation_is_a_warning():
+    exact = torch.tensor([1.0, 2.0])
+    with pytest.warns(UserWarning, match="frozen normalisation deviates"):
+        found = frozen_norm.deviation(exact, exact + torch.tensor([0.0, 0.5]), torch.tensor([10.0]))
+    assert found.max == pytest.approx(0.05) and found.mean == pytest.approx(0.025)
+    assert found.of_effect == pytest.approx(0.5 / 9.0)  # the largest exact effect is |1 - 10|
+    assert found.figures()["norm_warning"] is not None
+    assert frozen_norm.deviation(exact, exact, torch.tensor([1.0])).figures()["norm_warning"] is None
+    with pytest.warns(UserWarning, match="of the largest exact effect"):  # small against the score, not the effects
+        small = frozen_norm.deviation(torch.tensor([100.0, 100.1]), torch.tensor([100.0, 100.05]),
+                                      torch.tensor([100.0]))
+    assert small.max < frozen_norm.WARN_ABOVE and small.of_effect == pytest.approx(0.5, rel=1e-3)  # float32 inputs
+
+
+@pytest.mark.filterwarnings("ignore:frozen normalisation deviates")
+def test_causal_blocks_and_curves_take_the_norm_keyword():
+    net = instance_net()
+    x = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(SHAPE, dtype=torch.bool)
+    mask[8:16, 8:16] = True
+    target = ClassRegion(1, mask)
+    blocks = sx.CausalBlocks(net, block=8, fill="zero", norm="frozen", incremental="auto").explain(
+        x, target, seed=0)
+    assert blocks.stats["norm"] == "frozen" and blocks.stats["norm_deviation_max"] is not None
+    assert blocks.stats["incremental"] == "on"
+    attribution = torch.rand(SHAPE, generator=torch.Generator().manual_seed(3))
+    exact = deletion_curve(net, x, target, attribution, steps=4)
+    frozen = deletion_curve(net, x, target, attribution, steps=4, norm="frozen")
+    assert frozen.scores[0] == pytest.approx(exact.scores[0], rel=1e-5)  # nothing deleted: the same network
+    assert not torch.allclose(torch.from_numpy(frozen.scores[1:]), torch.from_numpy(exact.scores[1:]))
+
+
+def test_unknown_norm_is_a_clear_error():
+    with pytest.raises(sx.SegxaiError, match="norm must be"):
+        sx.RISE(instance_net(), norm="batch")
