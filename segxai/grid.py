@@ -4,7 +4,8 @@ A model may transpose, crop and resample what it reads (nnU-Net does all three; 
 Explanations are computed on the model's grid; whatever a user gives on the command line (voxel targets, boxes,
 masks) is on the image's grid and is mapped forwards, and every map is mapped back before it is written, so
 outputs always share the scan's grid and affine. `SameGrid` is the identity of models that read images as
-they are.
+they are; `Reoriented` turns a volume to canonical RAS+ axes for models that read raw arrays (segxai checkpoints
+and localizers trained on files), so that every scan reaches them the same way round.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
+from segxai.io import Image
 
 
 @runtime_checkable
@@ -141,3 +143,89 @@ class AffineGrid:
         array = np.asarray(labels.cpu())
         out = self._sample(array[None].astype(np.float32), self.image_shape, np.linalg.inv(self._model_to_image()), 0)
         return torch.from_numpy(np.rint(out[0]).astype(array.dtype))
+
+
+CANONICAL = "RAS"  # the one orientation models that read raw arrays work in, as nibabel and MONAI name it
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Reoriented:
+    """The image's grid turned to canonical RAS+ axes (index 0 towards the patient's left -> right, then
+    posterior -> anterior, inferior -> superior): an axis permutation and flips read from the affine, exact both
+    ways (no interpolation), so a model sees every scan the same way round and maps come back voxel for voxel
+    in the file's own orientation. `transform[i]` = (model axis, +1 or -1 for a flip) of image axis i."""
+
+    image_shape: tuple[int, ...]
+    transform: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, shape: Sequence[int], affine: np.ndarray) -> "Reoriented":
+        """The turn of a grid of `shape` with voxel -> world `affine` to RAS+."""
+        import nibabel.orientations as orientations
+
+        start = orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+        ornt = orientations.ornt_transform(start, orientations.axcodes2ornt(CANONICAL))
+        return cls(tuple(int(n) for n in shape), tuple((int(a), int(f)) for a, f in ornt))
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        shape = [0] * len(self.image_shape)
+        for size, (axis, _) in zip(self.image_shape, self.transform):
+            shape[axis] = size
+        return tuple(shape)
+
+    def model_affine(self, image_affine: np.ndarray) -> np.ndarray:
+        """Voxel -> world of the turned grid (the same world as `image_affine`)."""
+        import nibabel.orientations as orientations
+
+        return np.asarray(image_affine, np.float64) @ orientations.inv_ornt_aff(np.asarray(self.transform),
+                                                                               self.image_shape)
+
+    def values_to_model(self, values):
+        """Any array or tensor `(..., *image_shape)` on the model's grid (exact)."""
+        lead = values.ndim - len(self.image_shape)
+        flips = [lead + i for i, (_, flip) in enumerate(self.transform) if flip < 0]
+        order = {axis: i for i, (axis, _) in enumerate(self.transform)}
+        permutation = [*range(lead), *(lead + order[k] for k in range(len(self.transform)))]
+        if isinstance(values, torch.Tensor):
+            return (values.flip(flips) if flips else values).permute(permutation)
+        return np.ascontiguousarray(np.transpose(np.flip(values, flips) if flips else values, permutation))
+
+    def values_to_image(self, values):
+        lead = values.ndim - len(self.image_shape)
+        permutation = [*range(lead), *(lead + axis for axis, _ in self.transform)]
+        flips = [lead + i for i, (_, flip) in enumerate(self.transform) if flip < 0]
+        if isinstance(values, torch.Tensor):
+            turned = values.permute(permutation)
+            return turned.flip(flips) if flips else turned
+        turned = np.transpose(values, permutation)
+        return np.ascontiguousarray(np.flip(turned, flips) if flips else turned)
+
+    mask_to_model = labels_to_model = values_to_model
+    labels_to_image = values_to_image
+
+    def index_to_model(self, index: Sequence[int]) -> tuple[int, ...]:
+        index = check_index(index, self.image_shape)
+        turned = [0] * len(index)
+        for i, (axis, flip) in enumerate(self.transform):
+            turned[axis] = index[i] if flip > 0 else self.image_shape[i] - 1 - index[i]
+        return tuple(turned)
+
+
+def canonical_grid(image: Image) -> GridMap:
+    """The turn of a volume with an affine (NIfTI, DICOM) to RAS+, or the identity for pictures and arrays
+    without geometry (a 2D picture has no patient axes to turn)."""
+    if image.affine is None or image.spatial_dims != 3:
+        return SameGrid(tuple(image.spatial_shape))
+    grid = Reoriented.of(image.spatial_shape, image.affine)
+    return SameGrid(grid.image_shape) if all(i == a and f > 0 for i, (a, f) in enumerate(grid.transform)) else grid
+
+
+def grid_values(grid: GridMap, values: np.ndarray) -> np.ndarray:
+    """An image array `(C, *image_shape)` on the model's grid, for the grids that map values forwards exactly
+    (the identity and `Reoriented`)."""
+    if isinstance(grid, SameGrid):
+        return values
+    if isinstance(grid, Reoriented):
+        return grid.values_to_model(values)
+    raise SegxaiError(f"{type(grid).__name__} does not map image values onto the model's grid")

@@ -18,6 +18,8 @@ from torch import nn
 
 from segxai.errors import SegxaiError
 from segxai.localize.text import TextEncoder, check_prompts, words
+from segxai.grid import CANONICAL, SameGrid, canonical_grid, grid_values
+from segxai.io import Image
 from segxai.preprocess import normalize_intensity
 
 
@@ -80,13 +82,19 @@ class Localizer(nn.Module):
         weights = self.head(text)
         return (features * weights[:, :-1].view(shape)).sum(1, keepdim=True) + weights[:, -1:].view(shape)
 
-    def predict(self, image: np.ndarray | torch.Tensor, prompt: str) -> np.ndarray:
+    def predict(self, image: np.ndarray | torch.Tensor | Image, prompt: str) -> np.ndarray:
         """The ROI probability map (`*spatial`, float32) of the structure named by `prompt` on one raw image.
 
         The image is `(C, *spatial)` in its own units (normalised with the training intensity spec) and is padded
         to a multiple of the network stride, then cropped back. Warns when no word of the prompt was in training.
         A 2D localizer given a volume `(C, H, W, D)` runs on its slices along the last axis (axial for NIfTI).
+        An `Image` (a file read with its affine) is first turned to the orientation the localizer was trained in
+        (RAS+ for one trained on volume files), and the map comes back on the image's own grid.
         """
+        if isinstance(image, Image):
+            oriented = self.config.get("orientation") == CANONICAL
+            grid = canonical_grid(image) if oriented else SameGrid(tuple(image.spatial_shape))
+            return grid.labels_to_image(self.predict(grid_values(grid, image.array), prompt))
         volume = self.spatial_dims == 2 and image.ndim == 4
         items = [image[..., z] for z in range(image.shape[-1])] if volume else [image]
         x = torch.stack([self._prepare(item) for item in items])

@@ -16,7 +16,7 @@ import torch
 
 from segxai.errors import SegxaiError
 from segxai.explanation import Explanation
-from segxai.grid import GridMap, SameGrid, explanation_on_image
+from segxai.grid import CANONICAL, GridMap, SameGrid, canonical_grid, explanation_on_image, grid_values
 from segxai.io import Image, PathLike, load_image, load_mask
 from segxai.io.image import file_stem
 from segxai.model import SegModel, SegOutput
@@ -38,13 +38,16 @@ class InputAdapter(Protocol):
 @dataclass(frozen=True)
 class IntensityWindow:
     """The preprocessing of segxai checkpoints and plain networks: the intensity normalisation they were trained
-    with (`segxai.preprocess.normalize_intensity`), on the image's own grid."""
+    with (`segxai.preprocess.normalize_intensity`), on the image's own grid, or, for a model trained in the
+    canonical `orientation` ("RAS", what `segxai train` on volumes records), on the volume turned to RAS+."""
 
     intensity: Any = None
+    orientation: str | None = None
 
     def prepare(self, image: Image, model: SegModel) -> tuple[torch.Tensor, GridMap]:
-        x, _ = model.prepare(normalize_intensity(image.array, self.intensity))
-        return x[0], SameGrid(tuple(image.spatial_shape))
+        grid = canonical_grid(image) if self.orientation == CANONICAL else SameGrid(tuple(image.spatial_shape))
+        x, _ = model.prepare(normalize_intensity(grid_values(grid, image.array), self.intensity))
+        return x[0], grid
 
     def labels(self, output: SegOutput, grid: GridMap) -> torch.Tensor:
         return grid.labels_to_image(output.label_map()[0].cpu())
@@ -62,7 +65,9 @@ class LoadedModel:
 
     @property
     def reader(self) -> InputAdapter:
-        return self.adapter if self.adapter is not None else IntensityWindow(self.config.get("intensity"))
+        if self.adapter is not None:
+            return self.adapter
+        return IntensityWindow(self.config.get("intensity"), self.config.get("orientation"))
 
     def prepare(self, image: Image) -> tuple[torch.Tensor, GridMap]:
         """The image preprocessed as the model reads it: its `(C, *model_grid)` input on the model's device,

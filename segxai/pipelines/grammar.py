@@ -69,7 +69,7 @@ class RoiSpec:
         if self.kind == "text":
             from segxai.localize import load_localizer
 
-            found = roi.from_text(self.prompt, load_localizer(self.path), case.image.array, margin=0)
+            found = roi.from_text(self.prompt, load_localizer(self.path), case.image, margin=0)
             return roi.from_mask(case.to_model(found), TEXT_MARGIN if self.margin is None else self.margin)
         chosen = self.cls if self.cls is not None else cls
         if chosen is None:

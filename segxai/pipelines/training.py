@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from segxai.errors import SegxaiError
+from segxai.grid import CANONICAL, Reoriented, canonical_grid, grid_values
 from segxai.io import PathLike
 from segxai.models.case import Case, load_case
 from segxai.models.loop import Resumable
@@ -72,16 +73,32 @@ def prepare_cases(cases: Sequence[Case], plan: TrainingPlan) -> tuple[list[np.nd
         raise SegxaiError("give --size (2D pictures) or --spacing (volumes), not both")
     images, labels = [], []
     for case in cases:
-        image, reference = case.image.array, case.reference
+        image, reference, spacing = canonical_arrays(case)
         if plan.size is not None:
             image, reference = resample(image, reference, plan.size)
         elif plan.spacing is not None:
-            image, reference = resample(image, reference, shape_for_spacing(case.image.spatial_shape,
-                                                                            case.image.spacing, plan.spacing))
+            image, reference = resample(image, reference, shape_for_spacing(image.shape[1:], spacing, plan.spacing))
         images.append(image)
         labels.append(reference)
     extra = {"input_size": list(plan.size)} if plan.size else {}
+    extra |= {"orientation": CANONICAL} if any(oriented(case) for case in cases) else {}
     return images, labels, extra | ({"spacing": list(plan.spacing)} if plan.spacing else {})
+
+
+def oriented(case: Case) -> bool:
+    """Whether a training case has patient axes (a volume with an affine): models trained on such cases work
+    in RAS+ (`segxai.grid.Reoriented`), so a scan stored mirrored or transposed reaches them the same way."""
+    return case.image.spatial_dims == 3 and case.image.affine is not None
+
+
+def canonical_arrays(case: Case) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """The case's image `(C, *spatial)`, label map and voxel size, turned to RAS+ when it has patient axes."""
+    grid = canonical_grid(case.image)
+    spacing = case.image.spacing
+    if isinstance(grid, Reoriented):
+        spacing = tuple(float(v) for v in np.linalg.norm(grid.model_affine(case.image.affine)[:3, :3], axis=0))
+    reference = None if case.reference is None else grid_values(grid, case.reference[None])[0]
+    return grid_values(grid, case.image.array), reference, spacing
 
 
 def split_cases(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -162,11 +179,14 @@ def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike]
 
     check_output_file(out, [*images, *labels, names])
     cases = read_labelled(images, labels)
+    arrays = [canonical_arrays(case) for case in cases]
     localizer = train_localizer(
-        [c.image.array for c in cases], [c.reference for c in cases], read_names(names), build_encoder(encoder),
+        [a[0] for a in arrays], [a[1] for a in arrays], read_names(names), build_encoder(encoder),
         n_context=context, intensity=intensity, steps=steps, seed=options.seed, saving=plan.resumable(out),
         progress=options.progress,
     )
+    if any(oriented(case) for case in cases):
+        localizer.config["orientation"] = CANONICAL  # predict() turns every volume to RAS+ as in training
     return save_localizer(out, localizer), float(localizer.history[-1])
 
 
@@ -180,5 +200,5 @@ def localize_file(localizer: PathLike, images: Sequence[PathLike], prompt: str, 
 
     check_output_file(out, [localizer, *images])
     case = load_case(images)
-    mask = from_text(prompt, load_localizer(localizer), case.image.array, threshold=threshold, margin=margin)
+    mask = from_text(prompt, load_localizer(localizer), case.image, threshold=threshold, margin=margin)
     return save_array(mask.numpy(), out, like=case.image), int(mask.sum())
