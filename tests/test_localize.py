@@ -250,6 +250,7 @@ def test_pipeline_text_roi_and_cli_train_predict(tmp_path):
                  "--names", str(tmp_path / "names.json"), "--intensity", json.dumps(WINDOW), "--steps", "3",
                  "--out", str(tmp_path / "loc.pt"), "--no-progress"])
     assert code == 0
+    assert load_localizer(tmp_path / "loc.pt").config["orientation"] == "RAS"  # volume files: trained in RAS+
     code = main(["localize", "predict", "--model", str(tmp_path / "loc.pt"), "--image", str(paths[0][0]),
                  "--prompt", "liver", "--threshold", "0.01", "--margin", "1", "--out", str(tmp_path / "roi.nii.gz")])
     assert code == 0

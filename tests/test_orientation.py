@@ -115,3 +115,18 @@ def test_a_model_on_raw_array_axes_does_not_have_that_property(scans, tmp_path):
     original, _, _ = explain(tmp_path, "raw.pt", "scan.nii.gz", tmp_path / "a", "class:1")
     other, _, _ = explain(tmp_path, "raw.pt", "copy.nii.gz", tmp_path / "b", "class:1")
     assert not np.allclose(turned(original), other, atol=1e-3 * float(np.abs(original).max()))
+
+
+def test_a_localizer_trained_on_volumes_finds_the_same_world_region_on_a_turned_copy():
+    from segxai.data import phantom_dataset
+    from segxai.localize import TinyTextEncoder, train_localizer
+
+    cases = phantom_dataset("abdomen", 2, SHAPE, seed=3)
+    localizer = train_localizer([c.image for c in cases], [c.labels for c in cases], {4: "left kidney"},
+                                TinyTextEncoder(), steps=2, batch_size=2, progress=False)
+    localizer.config["orientation"] = "RAS"  # as `segxai localize train` records for volume files
+    scan = abdomen_phantom(SHAPE, seed=8).image
+    original = localizer.predict(Image(scan, AFFINE, "nifti"), "left kidney")
+    copy = localizer.predict(Image(turned(scan[0])[None], turned_affine(AFFINE, SHAPE), "nifti"), "left kidney")
+    assert original.shape == SHAPE and copy.shape == turned(original).shape
+    np.testing.assert_allclose(turned(original), copy, rtol=0, atol=1e-6)
