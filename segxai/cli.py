@@ -12,7 +12,7 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from segxai.cli_args import ints, json_option, margin_value, natural, positive, seed_value, unit_value
 from segxai.errors import SegxaiError

@@ -159,12 +159,15 @@ class Reoriented:
     transform: tuple[tuple[int, int], ...]
 
     @classmethod
-    def of(cls, shape: Sequence[int], affine: np.ndarray) -> "Reoriented":
-        """The turn of a grid of `shape` with voxel -> world `affine` to RAS+."""
+    def of(cls, shape: Sequence[int], affine: np.ndarray, codes: str = CANONICAL) -> "Reoriented":
+        """The turn of a grid of `shape` with voxel -> world `affine` to RAS+ (or to the axis `codes`, each the
+        direction its axis increases towards, e.g. "IPL" for the report's radiological views)."""
         import nibabel.orientations as orientations
 
+        if np.shape(affine) != (4, 4):
+            raise SegxaiError(f"an affine is 4x4, got shape {np.shape(affine)}")
         start = orientations.io_orientation(np.asarray(affine, dtype=np.float64))
-        ornt = orientations.ornt_transform(start, orientations.axcodes2ornt(CANONICAL))
+        ornt = orientations.ornt_transform(start, orientations.axcodes2ornt(tuple(codes)))
         return cls(tuple(int(n) for n in shape), tuple((int(a), int(f)) for a, f in ornt))
 
     @property

@@ -18,6 +18,7 @@ import numpy as np
 
 from segxai.atomic import write_bytes
 from segxai.errors import SegxaiError
+from segxai.grid import Reoriented, SameGrid, grid_values
 from segxai.report.overlay import (
     _ALPHA,
     _validate,
@@ -89,9 +90,11 @@ def save_views(
                                                                                   arrays["attribution"])))
     if len(centre) != 3 or any(not 0 <= c < n for c, n in zip(centre, spatial)):
         raise SegxaiError(f"centre {centre} is outside the grid {spatial}")
-    turn = _Display(affine, spatial)
-    shown = {name: None if a is None else turn.array(a) for name, a in arrays.items()}
-    channels, where = np.stack([turn.array(c) for c in channels]), turn.index(centre)
+    oriented = affine is not None
+    turn = Reoriented.of(spatial, affine, _DISPLAY_CODES) if oriented else SameGrid(tuple(spatial))
+    spacing = np.linalg.norm(turn.model_affine(affine)[:3, :3], axis=0) if oriented else np.ones(3)
+    shown = {name: None if a is None else grid_values(turn, a[None])[0] for name, a in arrays.items()}
+    channels, where = grid_values(turn, channels), turn.index_to_model(centre)
     limit = None if shown["attribution"] is None else robust_limit(shown["attribution"])
     fig = new_figure(3 * _PANEL_INCHES + 0.8, _PANEL_INCHES + 0.6)
     for axis in range(3):
@@ -103,9 +106,10 @@ def save_views(
                      label=f"{'attribution' if signed else '|attribution|'} (window ±{limit:.3g})")
         draw_contours(ax, plane("mask"), plane("roi"), legend=axis == 0)
         rows, cols = [a for a in range(3) if a != axis]
-        ax.set_aspect(turn.spacing[rows] / turn.spacing[cols])
-        ax.set_title(turn.name(axis, where[axis], channels.shape[1 + axis]), fontsize=10)
-        if turn.oriented:
+        ax.set_aspect(spacing[rows] / spacing[cols])
+        ax.set_title(_DISPLAY_NAMES[axis] if oriented else f"axis {axis}, slice {where[axis]}/{spatial[axis]}",
+                     fontsize=10)
+        if oriented:
             _draw_letters(ax, [_DISPLAY_LETTERS[rows], _DISPLAY_LETTERS[cols]])
     through = f"through voxel {centre}" + (" (target centre)" if at_target else "")
     fig.suptitle(f"{title}\n{through}" if title else through, fontsize=11)
@@ -117,44 +121,6 @@ def views_like(like: Any) -> Callable[..., Path]:
     `overlay` argument of `Explanation.save`."""
     affine = getattr(like, "affine", None)
     return functools.partial(save_views, affine=affine) if affine is not None else save_views
-
-
-class _Display:
-    """The exact turn (axis permutation + flips) from the array's axes to the display orientation, or none."""
-
-    def __init__(self, affine: np.ndarray | None, spatial: Sequence[int]) -> None:
-        import nibabel.orientations as orientations
-
-        self.shape = tuple(int(n) for n in spatial)
-        self.oriented = affine is not None
-        if affine is None:
-            self.transform = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
-            self.spacing = (1.0, 1.0, 1.0)
-            return
-        affine = np.asarray(affine, dtype=np.float64)
-        if affine.shape != (4, 4):
-            raise SegxaiError(f"affine must be 4x4, got shape {affine.shape}")
-        self.transform = orientations.ornt_transform(orientations.io_orientation(affine),
-                                                     orientations.axcodes2ornt(_DISPLAY_CODES))
-        sizes = np.linalg.norm(affine[:3, :3], axis=0)
-        spacing = [1.0] * 3
-        for source, (target, _) in enumerate(self.transform):
-            spacing[int(target)] = float(sizes[source])
-        self.spacing = tuple(spacing)
-
-    def array(self, values: np.ndarray) -> np.ndarray:
-        import nibabel.orientations as orientations
-
-        return orientations.apply_orientation(np.asarray(values), self.transform) if self.oriented else values
-
-    def index(self, voxel: Sequence[int]) -> tuple[int, ...]:
-        where = [0, 0, 0]
-        for source, (target, flip) in enumerate(self.transform):
-            where[int(target)] = voxel[source] if flip > 0 else self.shape[source] - 1 - voxel[source]
-        return tuple(where)
-
-    def name(self, axis: int, index: int, count: int) -> str:
-        return _DISPLAY_NAMES[axis] if self.oriented else f"axis {axis}, slice {index}/{count}"
 
 
 def _draw_letters(ax: Any, pairs: list[tuple[str, str]]) -> None:
