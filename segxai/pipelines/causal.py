@@ -156,9 +156,9 @@ def _region(spec: str | RoiSpec, case: Case, cls: int) -> torch.Tensor:
 
 
 def _read_folder(folder: str | Path, case: Case) -> list[tuple[Path, np.ndarray]]:
-    """Every image file in `folder`, normalised like the case's model input."""
+    """Every image file in `folder`, read as the case's model reads images (normalised, on the model's grid:
+    turned to RAS+ for a model trained on volume files)."""
     from segxai.io import load_image
-    from segxai.preprocess import normalize_intensity
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -166,8 +166,7 @@ def _read_folder(folder: str | Path, case: Case) -> list[tuple[Path, np.ndarray]
     paths = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(POOL_SUFFIXES))
     if not paths:
         raise SegxaiError(f"{folder} holds no image ({', '.join(POOL_SUFFIXES)})")
-    intensity = case.model.config.get("intensity")
-    return [(p, normalize_intensity(load_image(p).array, intensity)) for p in paths]
+    return [(p, case.model.prepare(load_image(p))[0].cpu().numpy()) for p in paths]
 
 
 def _pool_images(folder: str | Path, case: Case) -> list[np.ndarray]:
@@ -182,8 +181,9 @@ def _pool_images(folder: str | Path, case: Case) -> list[np.ndarray]:
 
 
 def _same_grid(array: np.ndarray, case: Case, path: Path) -> np.ndarray:
-    if array.shape != case.image.array.shape:
-        raise SegxaiError(f"donor {path.name} has shape {array.shape}; donors must match the image {case.image.array.shape}")
+    if array.shape != tuple(case.inputs.shape):
+        raise SegxaiError(f"donor {path.name} has shape {array.shape} as the model reads it; donors must match the "
+                          f"image {tuple(case.inputs.shape)}")
     return array
 
 
