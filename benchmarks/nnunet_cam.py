@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 BUILDER = ROOT / "tests" / "frameworks" / "nnunet_folder.py"
 
-from measuring import cpu_name, markdown, measured  # noqa: E402  (benchmarks/measuring.py, beside this file)
+# benchmarks/measuring.py, beside this file
+from measuring import cpu_name, markdown, measured
 
-from segxai import GradCAM, GradCAMpp, Saliency  # noqa: E402
-from segxai.metrics import write_csv  # noqa: E402
-from segxai.targets import ClassRegion, Target, Voxel  # noqa: E402
+from segxai import GradCAM, GradCAMpp, Saliency
+from segxai.metrics import write_csv
+from segxai.targets import ClassRegion, Target, Voxel
 
 METHODS = {"gradcam": GradCAM, "gradcampp": GradCAMpp}
 PEER_METHOD = {"gradcam": "gradcam", "gradcampp": "gradcam++"}
@@ -71,7 +73,7 @@ PEER_METHOD = {"gradcam": "gradcam", "gradcampp": "gradcam++"}
 # ------------------------------------------------------------------------------------------- inputs
 def build_folder(into: Path) -> Path:
     """A tiny nnU-Net v2 folder built by the tests' builder (nnU-Net's own planning), in `into`."""
-    done = subprocess.run([sys.executable, str(BUILDER), str(into)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(BUILDER), str(into)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"building the nnU-Net folder failed:\n{done.stderr[-3000:]}")
     return into
@@ -96,7 +98,10 @@ class TileLayout:
     """nnU-Net's own tiling of one preprocessed case: padding, tile boxes and Gaussian, from nnunetv2."""
 
     def __init__(self, spatial: tuple[int, ...], patch: tuple[int, ...], step: float) -> None:
-        from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+        from nnunetv2.inference.sliding_window_prediction import (
+            compute_gaussian,
+            compute_steps_for_sliding_window,
+        )
 
         self.patch = tuple(patch)
         self.padded = tuple(max(s, p) for s, p in zip(spatial, patch))
@@ -140,7 +145,7 @@ def reference_cam(net: torch.nn.Module, x: torch.Tensor, layer: str, cls: int, r
     calls, balance = 0, torch.zeros(2, dtype=torch.float64)
     for box in layout.boxes:
         seen: list[torch.Tensor] = []
-        handle = layer_module.register_forward_hook(lambda _m, _i, output: seen.append(output))
+        handle = layer_module.register_forward_hook(lambda _m, _i, output, into=seen: into.append(output))
         with torch.enable_grad():
             logits = net(padded[(slice(None), *box)][None])
         handle.remove()
@@ -202,7 +207,7 @@ def peer_status(peer_path: str | None) -> str | None:
     for module, package in (("torchvision", "torchvision"), ("pytorch_grad_cam", "grad-cam"),
                             ("nnunetv2_cam.cam_core", "nnunetv2-cam")):
         probe = f"import sys; sys.path.append({peer_path!r}) if {bool(peer_path)} else None; import {module}"
-        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             try:
                 installed = f"{package} {version(package)} is installed but "
@@ -279,20 +284,22 @@ def cam_comparison(model, x: torch.Tensor, layout: TileLayout, region: torch.Ten
     tiles, rows = model.inferer, []
     for key, method in METHODS.items():
         before = tiles.tiles_run
-        ours, cost = measured(model, lambda: method(model, layer=layer).explain(
-            x, ClassRegion(args.cls, "prediction"), progress=False).attribution[0])
+        explainer, plus = method(model, layer=layer), key == "gradcampp"
+        explanation, cost = measured(model, partial(explainer.explain, x, ClassRegion(args.cls, "prediction"),
+                                                    progress=False))
+        ours = explanation.attribution[0]
         rows.append({"method": key, "layer": layer, "tool": "segxai", "tiles_run": tiles.tiles_run - before,
                      **cost, "pearson": 1.0, "max_rel_diff": 0.0, "compared": "itself"})
-        (theirs, calls, balance), cost = measured(model, lambda: reference_cam(
-            model.net, x, layer, args.cls, region, layout, key == "gradcampp"))
+        (theirs, calls, balance), cost = measured(model, partial(reference_cam, model.net, x, layer, args.cls,
+                                                                 region, layout, plus))
         exact, _, _ = reference_cam(copy.deepcopy(model.net).double(), x.double(), layer, args.cls, region,
-                                    layout, key == "gradcampp")
+                                    layout, plus)
         rows.append({"method": key, "layer": layer, "tool": "reference per-tile loop", "tiles_run": calls, **cost,
                      **agreement(theirs, ours), "compared": "raw maps", "gradient_balance": balance,
                      "float32_vs_float64": agreement(theirs, exact.float())["max_rel_diff"]})
         if peer_note is None:
-            (peer, calls), cost = measured(model, lambda: peer_cam(Path(args.model), args.fold, x, layer, args.cls,
-                                                                   PEER_METHOD[key]))
+            (peer, calls), cost = measured(model, partial(peer_cam, Path(args.model), args.fold, x, layer,
+                                                          args.cls, PEER_METHOD[key]))
             rows.append({"method": key, "layer": layer, "tool": "nnunetv2-cam", "tiles_run": calls, **cost,
                          **agreement(unit_scaled(peer), unit_scaled(ours)), "compared": "ReLU + [0, 1] scaled"})
     return rows
@@ -312,7 +319,8 @@ def tile_skipping(model, x: torch.Tensor, layout: TileLayout, region: torch.Tens
             maps = {}
             for path, bound in (("focused", target), ("all tiles", Unfocused(target))):
                 before = tiles.tiles_run
-                maps[path], cost = measured(model, lambda: method.explain(x, bound, progress=False).attribution)
+                explanation, cost = measured(model, partial(method.explain, x, bound, progress=False))
+                maps[path] = explanation.attribution
                 rows.append({"target": target_name, "target_voxels": int(support.sum()), "method": method_name,
                              "path": path, "tiles_run": tiles.tiles_run - before, **cost})
             rows[-2].update(skip_agreement(maps["focused"], maps["all tiles"], reach))
@@ -328,8 +336,9 @@ def run_case(name: str, files: list[str], loaded, args: argparse.Namespace,
     model, x = loaded.model, case.inputs
     layout = TileLayout(tuple(x.shape[1:]), model.inferer.patch_size, model.inferer.step)
     region = case.model_prediction == args.cls
-    with torch.no_grad():  # warm up once, so no measured call pays the start-up cost
-        model(x[None])
+    # warm up with one untimed backward pass through every tile, so the first measured call does not pay for
+    # the allocator's growth and the kernels' first use on these shapes
+    Saliency(model).explain(x, ClassRegion(args.cls, "prediction"), progress=False)
     common = {"case": name, "model_grid": "x".join(map(str, x.shape[1:])), "all_tiles": len(layout.boxes)}
     cam_rows = [row for layer in args.layers for row in cam_comparison(model, x, layout, region, layer, args,
                                                                        peer_note)]
@@ -371,15 +380,15 @@ def run(args: argparse.Namespace) -> str:
               f"{'built by tests/frameworks/nnunet_folder.py' if args.built else args.model}, fold {args.fold}, "
               f"layers {', '.join(args.layers)}, class {args.cls}; total {time.perf_counter() - start:.0f} s.")
     notes = [*([peer_note] if peer_note else []),
-             "What nnunetv2-cam 0.1.6.1 computes (its `cam_core.compute_cam_with_sliding_window` and pytorch-grad-cam's "
+             ("What nnunetv2-cam 0.1.6.1 computes (its `cam_core.compute_cam_with_sliding_window` and pytorch-grad-cam's "
              "`BaseCAM`): per tile, the tile's own logits summed over the tile's own predicted class mask (not the "
              "blended prediction), pytorch-grad-cam's ReLU and min-max scaling of each tile's CAM to [0, 1] (tiles "
              "lose their relative scale), cubic-spline upsampling, uniform (not Gaussian) averaging of the tiles, a "
              "per-fold map averaged over folds, in float16; so it cannot equal the CAM of the blended prediction "
-             "even after the same final scaling.",
-             "`max_rel_diff` no larger than `float32_vs_float64` is agreement up to rounding; `gradient_balance` "
+             "even after the same final scaling."),
+             ("`max_rel_diff` no larger than `float32_vs_float64` is agreement up to rounding; `gradient_balance` "
              "near 0 (here at a convolution, which nnU-Net follows by instance norm) means Grad-CAM's channel "
-             "weights cancel and both maps are rounding noise."]
+             "weights cancel and both maps are rounding noise.")]
     text = "\n\n".join([
         "# Grad-CAM through nnU-Net's sliding window: segxai vs a per-tile loop and nnunetv2-cam; tile skipping",
         header,
