@@ -133,7 +133,10 @@ def layer_gradient(model: SegModel, x: torch.Tensor, target: Target, layer: str 
     calls = kept if len({name for name, _, _ in kept}) > 1 else calls  # else: the usual choice, with the warning
     normed.clear()
     name, activations = _pick_call(calls, layer, tiled)
-    grads = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+    # Under checkpointed tiles, the backward pass also runs to the input, so that each tile's recomputed tensors
+    # are freed as its backward ends instead of being held for every tile until the graph goes.
+    wanted = (*activations, x) if tiled else tuple(activations)
+    grads = torch.autograd.grad(scores.sum(), wanted, allow_unused=True)[:len(activations)]
     if all(g is None for g in grads):
         raise SegxaiError(f"the target score does not depend on layer {name!r}; choose a layer before the output")
     grads = tuple(torch.zeros_like(a) if g is None else g for a, g in zip(activations, grads))
