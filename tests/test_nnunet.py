@@ -4,6 +4,7 @@ files, maps on the input's grid, exact tile skipping, safe checkpoint loading an
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import pickle
 import subprocess
@@ -249,11 +250,12 @@ def test_grad_cam_per_tile_equals_a_plain_per_tile_loop():
     tiles = GaussianTiles((8, 8, 8))
     x = torch.randn(1, 12, 10, 14, generator=torch.Generator().manual_seed(2))
     ours = GradCAM(SegModel(net, inferer=tiles), layer="3").explain(x, ClassRegion(1)).attribution
-    # the reference: each tile's own Grad-CAM of the blended target (d target / d that tile's layer output)
-    runs = []
+    # the reference: each tile's own Grad-CAM of the blended target (d target / d that tile's layer output), with
+    # every tile's graph held (ours recomputes each tile's in the backward pass: checkpointing)
+    runs, plain = [], GaussianTiles((8, 8, 8), checkpoint=False)
     hook = net[3].register_forward_hook(lambda module, inputs, output: runs.append(output))
     with torch.enable_grad():
-        grads = torch.autograd.grad(tiles(x[None], net)[:, 1].sum(), runs)
+        grads = torch.autograd.grad(plain(x[None], net)[:, 1].sum(), runs)
     hook.remove()
     weights = torch.from_numpy(gaussian_weights((8, 8, 8)))
     total, norm = torch.zeros(1, 12, 10, 14), torch.zeros(12, 10, 14)
@@ -269,9 +271,36 @@ def test_grad_cam_per_tile_equals_a_plain_per_tile_loop():
 def test_grad_cam_on_a_named_nnunet_layer(folder, tmp_path, capsys):
     base = ["explain", "--model", str(folder / "model"), "--image", *images(folder), "--folds", "0",
             "--target", "class:1", "--method", "gradcam", "--no-progress"]
-    assert main([*base, "--param", "layer='decoder.stages.1.convs.1.conv'", "--out", str(tmp_path / "cam")]) == 0
+    assert main([*base, "--param", "layer='decoder.stages.1'", "--out", str(tmp_path / "cam")]) == 0
     cam = voxels(next((tmp_path / "cam").glob("attribution_*.nii.gz")))
     assert cam.shape == (30, 22, 18) and np.abs(cam).max() > 0
+    stats = json.loads(next((tmp_path / "cam").glob("*stats.json")).read_text())
+    balances = _balances(stats)
+    assert balances and min(balances) > 1e-2
     assert main([*base, "--param", "layer='decoder.nope'", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert "no layer 'decoder.nope'" in err and "decoder.stages.1.convs.1.conv" in err
+
+
+@needs_nnunet
+def test_grad_cam_at_a_convolution_feeding_instance_norm_warns_and_the_default_avoids_it(folder):
+    """Instance norm removes each channel's spatial mean, so the gradient at its input averages to 0 and
+    Grad-CAM's weights cancel: named, such a layer warns; by default, a layer not feeding a norm is taken."""
+    import segxai as sx
+    from segxai.models.case import load_case
+
+    case = load_case(images(folder), model=sx.models.load(folder / "model", folds=[0]))
+    target = sx.targets.ClassRegion(1)
+    with pytest.warns(UserWarning, match="averages to ~0"):
+        noisy = sx.GradCAM(case.segmenter, layer="decoder.stages.1.convs.1.conv").explain(case.inputs[None], target,
+                                                                                          progress=False)
+    assert noisy.items[0].gradient_balance < 1e-4
+    default = sx.GradCAM(case.segmenter).explain(case.inputs[None], target, progress=False)
+    assert not default.items[0].layer.endswith(".conv") and default.items[0].gradient_balance > 1e-2
+
+
+def _balances(stats) -> list[float]:
+    """Every `gradient_balance` value in a stats document."""
+    if isinstance(stats, dict):
+        return [v for k, v in stats.items() if k == "gradient_balance"] + [b for v in stats.values() for b in _balances(v)]
+    return [b for v in stats for b in _balances(v)] if isinstance(stats, list) else []

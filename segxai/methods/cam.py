@@ -2,6 +2,7 @@
 al. 2018), N-D: channel weights from the target's gradient at a named layer, map upsampled to the input grid."""
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
@@ -18,6 +19,11 @@ from segxai.targets import Target, evaluate
 
 MAX_LISTED = 30
 INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+# Per-sample normalisations remove each channel's spatial mean, so the gradient at their input averages to 0 and
+# Grad-CAM's channel weights cancel there (every convolution of nnU-Net's networks feeds an instance norm).
+MEAN_REMOVING_NORMS = (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
+# Below this `gradient_balance` the channel weights are rounding noise: the explanation warns.
+BALANCE_WARNING = 1e-4
 
 
 def conv_layers(net: nn.Module) -> list[str]:
@@ -34,6 +40,25 @@ def find_layer(net: nn.Module, layer: str) -> nn.Module:
     listed = ", ".join(candidates[-MAX_LISTED:])
     more = f" (the last {MAX_LISTED} of {len(candidates)})" if len(candidates) > MAX_LISTED else ""
     raise SegxaiError(f"the network has no layer {layer!r}; candidate layers{more}: {listed}")
+
+
+@contextmanager
+def record_normalised(net: nn.Module, active: bool) -> Iterator[dict[int, torch.Tensor]]:
+    """The tensors that mean-removing normalisation layers receive while the block runs (by id; the tensors are
+    held, so ids stay unique), or nothing when not `active`."""
+    received: dict[int, torch.Tensor] = {}
+
+    def hook(_module, inputs):
+        if inputs and isinstance(inputs[0], torch.Tensor):
+            received[id(inputs[0])] = inputs[0]
+
+    norms = [m for m in net.modules() if isinstance(m, MEAN_REMOVING_NORMS)] if active else []
+    handles = [norm.register_forward_pre_hook(hook) for norm in norms]
+    try:
+        yield received
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -73,7 +98,8 @@ def layer_gradient(model: SegModel, x: torch.Tensor, target: Target, layer: str 
     from one forward and one backward pass.
 
     `layer=None` takes the second-to-last convolution-like module to run (the last one usually computes the
-    logits, where Grad-CAM reduces to the logit map). Under a tiling inferer (`GaussianTiles`, e.g. nnU-Net's
+    logits, where Grad-CAM reduces to the logit map), among those whose output does not go straight into an
+    instance, group or layer norm (where Grad-CAM's weights cancel) when there are two such. Under a tiling inferer (`GaussianTiles`, e.g. nnU-Net's
     sliding window) the layer runs once per tile call; every run is kept, for `stitch`ing per-tile maps.
 
     Args:
@@ -97,12 +123,20 @@ def layer_gradient(model: SegModel, x: torch.Tensor, target: Target, layer: str 
         raise SegxaiError("the network has no convolution layer; name a layer with layer='dotted.name'")
     x = x.detach().requires_grad_(True)
     tiled = getattr(model.inferer, "stitch", None) is not None
-    with torch.enable_grad(), record_outputs(net, names) as calls, model.focused(target.support(tuple(x.shape[2:]))):
+    with (torch.enable_grad(), record_outputs(net, names) as calls, record_normalised(net, layer is None) as normed,
+          model.focused(target.support(tuple(x.shape[2:])))):
         output = model(x)
         bound = target.bind(output)
         scores = evaluate(bound, output)
+    feeds_norm = {name for name, out, _ in calls if id(out) in normed}
+    kept = [call for call in calls if call[0] not in feeds_norm]
+    calls = kept if len({name for name, _, _ in kept}) > 1 else calls  # else: the usual choice, with the warning
+    normed.clear()
     name, activations = _pick_call(calls, layer, tiled)
-    grads = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+    # Under checkpointed tiles, the backward pass also runs to the input, so that each tile's recomputed tensors
+    # are freed as its backward ends instead of being held for every tile until the graph goes.
+    wanted = (*activations, x) if tiled else tuple(activations)
+    grads = torch.autograd.grad(scores.sum(), wanted, allow_unused=True)[:len(activations)]
     if all(g is None for g in grads):
         raise SegxaiError(f"the target score does not depend on layer {name!r}; choose a layer before the output")
     grads = tuple(torch.zeros_like(a) if g is None else g for a, g in zip(activations, grads))
@@ -134,6 +168,14 @@ def _pick_call(calls: list[tuple[str, Any, int]], layer: str | None, tiled: bool
     return name, [output for output, _ in runs]
 
 
+def gradient_balance(grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """`(B,)`: sum over channels of |spatial mean of the gradient| / sum of mean |gradient|, over every run of the
+    layer (1 for a gradient of one sign per channel, ~0 where each channel's gradient averages out)."""
+    signed = sum(g.flatten(2).mean(2).abs().sum(1) for g in grads)
+    magnitude = sum(g.flatten(2).abs().mean(2).sum(1) for g in grads)
+    return torch.where(magnitude > 0, signed / torch.where(magnitude > 0, magnitude, 1.0), 1.0)
+
+
 def upsample(cam: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Linear (bilinear, trilinear) interpolation of a `(B, 1, *grid)` map to the input grid, as MONAI does."""
     if cam.dim() - 2 != len(shape):
@@ -145,10 +187,13 @@ def upsample(cam: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CamStats(GradientStats):
-    """Per-item figures of Grad-CAM: the clean `score`, the layer used and its feature map's `(K, *grid)`."""
+    """Per-item figures of Grad-CAM: the clean `score`, the layer used, its feature map's `(K, *grid)` and the
+    `gradient_balance`: |spatial mean| / mean |.| of the layer's gradient, over channels (near 0: the channel
+    weights cancel, as at a layer feeding an instance norm, and the map is noise)."""
 
     layer: str
     layer_shape: tuple[int, ...]
+    gradient_balance: float
 
 
 class GradCAM(Explainer):
@@ -157,8 +202,10 @@ class GradCAM(Explainer):
     The attribution is one channel `(B, 1, *spatial)`, kept signed and unnormalised (negative where the
     features count against the target); `relu=True` applies the paper's ReLU before upsampling, as MONAI does.
     Normalise with `Explanation.normalized()` for display. `layer` is a dotted module name; None takes the
-    second-to-last convolution to run (name a decoder layer of a U-Net explicitly, e.g. the instance-saliency
-    paper's `model.1.submodule.2.conv`). The layer must run once per forward pass, or once per tile call under
+    second-to-last convolution to run, preferring those not feeding an instance norm (`layer_gradient`; name a
+    decoder layer of a U-Net explicitly, e.g. the instance-saliency paper's `model.1.submodule.2.conv`, or a block
+    such as nnU-Net's `decoder.stages.1`). `gradient_balance` in the stats (and a warning) tells when the
+    gradient at the layer averages out, so that the map is noise. The layer must run once per forward pass, or once per tile call under
     `GaussianTiles` (nnU-Net's sliding window): then each tile gets its own map, blended as the logits are.
     """
 
@@ -169,7 +216,7 @@ class GradCAM(Explainer):
         """
         Args:
             model: a `SegModel` or a network (a `torch.nn.Module`, to hook its layers).
-            layer: dotted module name; None takes the second-to-last convolution to run.
+            layer: dotted module name; None takes the second-to-last convolution to run (`layer_gradient`).
             relu: apply the paper's ReLU to the map before upsampling.
         """
         super().__init__(model)
@@ -192,8 +239,14 @@ class GradCAM(Explainer):
             cam = self.model.inferer.stitch([upsample(self._layer_map(a, g), patch)
                                              for a, g in zip(found.activations, found.grads)])
         shape = tuple(found.activations[0].shape[1:])
+        balance = gradient_balance(found.grads)
         for item, score in enumerate(found.scores.tolist()):
-            context.record(item, CamStats(score=score, layer=found.layer, layer_shape=shape))
+            context.record(item, CamStats(score=score, layer=found.layer, layer_shape=shape,
+                                          gradient_balance=float(balance[item])))
+        if bool((balance < BALANCE_WARNING).any()):
+            warnings.warn(f"the target's gradient at layer {found.layer!r} averages to ~0 over space (balance "
+                          f"{float(balance.min()):.1e}): Grad-CAM's channel weights cancel there (a layer feeding an "
+                          "instance norm?); choose a block's output or the layer after the norm", stacklevel=3)
         if roi is not None:
             cam = cam * roi.to(cam.device)
         return cam, target_footprint(found.bound, x)

@@ -6,6 +6,9 @@ with the far edge), pads an image smaller than the patch symmetrically with zero
 a Gaussian (sigma = patch / 8) and divides by the summed weights. A voxel's logits therefore depend only on the
 tiles covering it, so skipping every tile that misses a target's voxels leaves those voxels exactly as they are.
 A patch with one axis fewer than the input (nnU-Net's 2d configuration on a volume) runs slice by slice.
+Under autograd each tile call is checkpointed (`torch.utils.checkpoint`): the network's intermediate tensors are
+recomputed tile by tile in the backward pass instead of being held for every tile at once, so a gradient through
+hundreds of tiles needs about one tile's memory, for about one more forward pass per tile.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from scipy.ndimage import gaussian_filter
 
 from segxai.errors import SegxaiError
@@ -53,15 +57,18 @@ class GaussianTiles:
         patch_size: the network's patch (nnU-Net's `patch_size`), one entry per axis it convolves.
         step: the largest distance between tile starts as a fraction of the patch (nnU-Net: 0.5).
         tile_batch: tiles run per network call (1 as nnU-Net does; more is faster on a GPU).
+        checkpoint: recompute each tile's intermediate tensors in the backward pass (see above).
     `tiles_run` counts the tiles evaluated since creation (the cost figure of tile skipping).
     """
 
-    def __init__(self, patch_size: Sequence[int], step: float = 0.5, tile_batch: int = 1) -> None:
+    def __init__(self, patch_size: Sequence[int], step: float = 0.5, tile_batch: int = 1,
+                 checkpoint: bool = True) -> None:
         if not 0 < step <= 1:
             raise SegxaiError(f"the tile step is a fraction of the patch in (0, 1], not {step!r}")
         self.patch_size = tuple(int(p) for p in patch_size)
         self.step = float(step)
         self.tile_batch = max(1, int(tile_batch))
+        self.checkpoint = bool(checkpoint)
         self.tiles_run = 0
         self.focus: torch.Tensor | None = None
 
@@ -92,19 +99,22 @@ class GaussianTiles:
         if padded != spatial:
             pads = [v for b, s, p in reversed(list(zip(below, spatial, padded))) for v in (b, p - s - b)]
             x = F.pad(x, pads, value=0.0)
-        boxes = self.boxes(padded)
+        boxes = every = self.boxes(padded)
         if self.focus is not None and tuple(self.focus.shape) == spatial:
             wanted = torch.zeros(padded, dtype=torch.bool)
             wanted[inside] = self.focus.cpu()
             boxes = [box for box in boxes if bool(wanted[box].any())]
         weights = torch.from_numpy(gaussian_weights(self.patch_size)).to(x.device)
         sliced = len(patch) > len(self.patch_size)
-        self._layout = (boxes, padded, inside, int(x.shape[0]))
+        self._layout = (boxes, every, padded, inside, int(x.shape[0]))
         total, norm = None, torch.zeros(padded, device=x.device)
+        run = net
+        if self.checkpoint and torch.is_grad_enabled():
+            run = lambda tiles: torch.utils.checkpoint.checkpoint(net, tiles, use_reentrant=False)  # noqa: E731
         for start in range(0, len(boxes), self.tile_batch):
             chunk = boxes[start:start + self.tile_batch]
             tiles = torch.cat([x[(slice(None), slice(None), *box)] for box in chunk])
-            logits = _as_logits(net(tiles[:, :, 0] if sliced else tiles))
+            logits = _as_logits(run(tiles[:, :, 0] if sliced else tiles))
             if sliced:
                 logits = logits.unsqueeze(2)
             if total is None:
@@ -126,8 +136,10 @@ class GaussianTiles:
 
     def stitch(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Blend per-tile maps of the last call, one `(tiles * B, K, *tile_shape)` tensor per network call in the
-        order the tiles ran, as the logits were blended: the `(B, K, *spatial)` map of the whole input."""
-        boxes, padded, inside, batch = self._layout
+        order the tiles ran, as the logits were blended: the `(B, K, *spatial)` map of the whole input. Tiles
+        skipped by a focus count as zero maps (the target does not depend on them), so a focused map equals the
+        map of all tiles."""
+        boxes, every, padded, inside, batch = self._layout
         chunks = [boxes[i:i + self.tile_batch] for i in range(0, len(boxes), self.tile_batch)]
         if len(maps) != len(chunks):
             raise SegxaiError(f"{len(maps)} per-tile maps for {len(chunks)} tile calls (a layer that runs several "
@@ -137,11 +149,12 @@ class GaussianTiles:
         weight = weights.unsqueeze(0) if sliced else weights
         total = torch.zeros((batch, maps[0].shape[1], *padded), device=maps[0].device)
         norm = torch.zeros(padded, device=maps[0].device)
+        for box in every:
+            norm[box] += weight
         for chunk, values in zip(chunks, maps):
             values = values.unsqueeze(2) if sliced else values
             for index, box in enumerate(chunk):
                 total[(slice(None), slice(None), *box)] += values[index * batch:(index + 1) * batch] * weight
-                norm[box] += weight
         return (total / norm.clamp_min(torch.finfo(torch.float32).tiny))[(slice(None), slice(None), *inside)]
 
     def _patch(self, dims: int) -> tuple[int, ...]:
