@@ -24,7 +24,8 @@ class PerturbationStats(ItemStats):
     whether the network ran on a crop (then the receptive field and the crop's shape), the norm mode and, with
     frozen norms, the measured deviation from the exact network (max and mean over `norm_checked` seeded
     perturbations, relative to the clean score, and the largest error relative to the largest exact effect among
-    them, with a warning when large), and whether incremental inference
+    them, with a warning when large; `norm_correction`: "first-order" when the scores carry the statistics' first-order
+    change, see `segxai.methods.perturb.frozen_norm`), and whether incremental inference
     ran ("on", "off" or "off: <why>")."""
 
     score: float
@@ -38,6 +39,7 @@ class PerturbationStats(ItemStats):
     norm_deviation_of_effect: float | None = None
     norm_checked: int | None = None
     norm_warning: str | None = None
+    norm_correction: str | None = None
     incremental: str = "off"
 
 

@@ -99,13 +99,15 @@ def reach(model: SegModel, ref: Reference, roi: torch.Tensor | None) -> torch.Te
     return reachable.to(roi.device)
 
 
-def plan_crop(model: SegModel, ref: Reference, roi: torch.Tensor | None, crop: Literal["auto", "none"]) -> Crop | None:
+def plan_crop(model: SegModel, ref: Reference, roi: torch.Tensor | None, crop: Literal["auto", "none"], *,
+              whole_reach: bool = False) -> Crop | None:
     """The crop to compute on, or None for the full input (no ROI, crop="none", a global receptive field,
     a target that reads the whole grid, or too small a saving).
 
     A target that can be scored on a crop (`Target.crop`) needs only its own voxels plus one receptive field;
-    otherwise the output is pasted back over the ROI grown by one receptive field, computed on that box grown
-    by one more."""
+    otherwise (and with `whole_reach`, when every activation a perturbation of the ROI changes must lie in the
+    crop) the output is pasted back over the ROI grown by one receptive field, computed on that box grown by
+    one more."""
     if crop not in ("auto", "none"):
         raise SegxaiError(f"crop must be 'auto' or 'none', not {crop!r}")
     if crop == "none" or roi is None:
@@ -118,7 +120,7 @@ def plan_crop(model: SegModel, ref: Reference, roi: torch.Tensor | None, crop: L
     if radius is None:
         return None
     inner = crop_plan(support, margin=0)
-    target = ref.target.crop(inner.slices)
+    target = None if whole_reach else ref.target.crop(inner.slices)
     if target is None:
         region = roi.cpu() | support
         inner = crop_plan(region, margin=radius)

@@ -4,23 +4,33 @@ An instance-norm layer divides every voxel by statistics of the whole feature ma
 changes every output voxel a little: the receptive field is global and no crop is exact. With `norm="frozen"`
 one clean pass records each such layer's per-sample mean and variance (forward hooks); perturbed passes then
 normalise with those numbers. The layer becomes a per-channel affine map, the network becomes local, and the
-receptive-field probe, the crop plan and incremental inference apply. It is an approximation, so every run
-measures its own error on a few seeded perturbations computed both ways (`deviation`).
+receptive-field probe, the crop plan and incremental inference apply.
+
+Freezing alone misses the part of an effect that travels through the statistics: a window changes each
+layer's mean and variance a little, and that shifts every voxel of the target. `Correction` adds it back to
+first order: one backward pass of the exact network gives the score's gradient with respect to every layer's
+(mean, variance), and each perturbed pass measures how much it moved them (the sums of the frozen layers'
+inputs, which stay local). It is still an approximation, so every run measures its own error on a few seeded
+perturbations computed both ways (`deviation`).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import MethodType
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from segxai.errors import SegxaiError
-from segxai.model import SegModel
+from segxai.model import SegModel, SegOutput
+from segxai.roi import crop_plan
+from segxai.targets import Target, evaluate
 
 Norm = Literal["exact", "frozen"]
 NORMS = ("exact", "frozen")
@@ -60,11 +70,18 @@ def _grouped(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], module.num_groups, -1) if isinstance(module, nn.GroupNorm) else x
 
 
+Sums = tuple[torch.Tensor, torch.Tensor]
+
+
 @dataclass
 class Statistics:
-    """Per layer, the mean and (biased) variance of every call in the clean pass, in call order."""
+    """Per layer, the mean and (biased) variance of every call in the clean pass, in call order, and how many
+    values each statistic averages (`counts`). While `sink` is a dict, frozen layers put the float64 sums of
+    their input and of its square, per item, there (`input_sums`), for `Correction`."""
 
     moments: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
+    counts: dict[str, int] = field(default_factory=dict)
+    sink: dict[str, Sums] | None = None
 
     @property
     def layers(self) -> int:
@@ -80,8 +97,9 @@ def recording(model: SegModel) -> Iterator[Statistics]:
         def hook(module, inputs, _output, name=name):
             x = _grouped(module, inputs[0].detach())
             dims = (-1,) if isinstance(module, nn.GroupNorm) else _reduced_dims(module, inputs[0])
-            stats.moments.setdefault(name, []).append(
-                (x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)))
+            mean = x.mean(dims, keepdim=True)
+            stats.moments.setdefault(name, []).append((mean, x.var(dims, unbiased=False, keepdim=True)))
+            stats.counts[name] = x.numel() // mean.numel()
         handles.append(module.register_forward_hook(hook))
     try:
         yield stats
@@ -95,26 +113,39 @@ def recorder(model: SegModel, norm: str) -> AbstractContextManager[Statistics | 
     return recording(model) if check_norm(norm) == "frozen" else nullcontext(None)
 
 
-def _frozen_forward(module: nn.Module, moments: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable:
+def input_sums(module: nn.Module, x: torch.Tensor) -> Sums:
+    """Per item, the float64 sums of `x` and of its square over the axes the layer averages (keepdim)."""
+    grouped = _grouped(module, x).double()
+    dims = (-1,) if isinstance(module, nn.GroupNorm) else _reduced_dims(module, x)
+    return grouped.sum(dims, keepdim=True), (grouped * grouped).sum(dims, keepdim=True)
+
+
+def _normalise(module: nn.Module, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """What the layer makes of `x` with the given statistics (then its affine map, if any)."""
+    y = ((_grouped(module, x) - mean.to(x)) / torch.sqrt(var.to(x) + module.eps)).reshape(x.shape)
+    if isinstance(module, nn.LayerNorm):
+        if module.elementwise_affine:
+            y = y * module.weight + (module.bias if module.bias is not None else 0)
+        return y
+    if module.affine:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        y = y * module.weight.view(shape) + module.bias.view(shape)
+    return y
+
+
+def _frozen_forward(module: nn.Module, name: str, stats: Statistics) -> Callable:
     """A forward normalising with recorded moments (the k-th call uses the k-th record, cycling)."""
-    calls = [0]
+    moments, calls = stats.moments[name], [0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = moments[calls[0] % len(moments)]
         calls[0] += 1
-        grouped = _grouped(self, x)
         if isinstance(self, nn.LayerNorm) and mean.shape[1:-len(self.normalized_shape)] != x.shape[1:-len(
                 self.normalized_shape)]:
             return type(self).forward(self, x)  # a per-position layer norm on another grid: local already
-        y = ((grouped - mean.to(x)) / torch.sqrt(var.to(x) + self.eps)).reshape(x.shape)
-        if isinstance(self, nn.LayerNorm):
-            if self.elementwise_affine:
-                y = y * self.weight + (self.bias if self.bias is not None else 0)
-            return y
-        if self.affine:
-            shape = (1, -1) + (1,) * (x.ndim - 2)
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        if stats.sink is not None:
+            stats.sink[name] = input_sums(self, x)
+        return _normalise(self, x, mean, var)
 
     return MethodType(forward, module)
 
@@ -133,13 +164,195 @@ def frozen(model: SegModel, stats: Statistics | None) -> Iterator[None]:
     exact_fields = model.receptive_fields
     model.receptive_fields = model.__dict__.setdefault("frozen_receptive_fields", {})
     for name, module in layers.items():
-        module.forward = _frozen_forward(module, stats.moments[name])
+        module.forward = _frozen_forward(module, name, stats)
     try:
         yield
     finally:
         for module in layers.values():
             del module.forward
         model.receptive_fields = exact_fields
+
+
+# ------------------------------------------------------------------------------- first-order correction
+# The largest Jacobian (values x statistics) of the logits a non-differentiable target reads that is computed.
+MAX_JACOBIAN = 20_000_000
+TANGENTS = 32  # statistics differentiated together in one forward-mode pass
+
+
+@dataclass
+class Correction:
+    """The first-order change through the statistics of `k` values of one item: `jacobian[name]` is
+    d value / d (mean, variance) of that layer, `(k, *statistic shape)` each, taken in the exact network (so a
+    shift of one layer's statistics also moves the later layers' ones). The values are the score's (a
+    differentiable target, `box` None) or the logits over `box`, the box around a non-differentiable target's
+    support (`CorrectedTarget` adds them to the logits). `clean` holds the clean input's sums as the scorer
+    sees them."""
+
+    statistics: Statistics
+    jacobian: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    box: tuple[slice, ...] | None = None
+    clean: dict[str, Sums] | None = None
+
+    def effect(self, sums: dict[str, Sums]) -> torch.Tensor:
+        """The correction `(n, k)` of a batch whose frozen layers saw input `sums` (a layer not seen did not
+        change)."""
+        total: torch.Tensor | float = 0.0
+        for name, (mean_jacobian, var_jacobian) in self.jacobian.items():
+            if name not in sums or name not in self.clean:
+                continue
+            count = self.statistics.counts[name]
+            mean = self.statistics.moments[name][0][0].double().flatten(1)
+            shift = (sums[name][0] - self.clean[name][0]).flatten(1) / count
+            square_shift = (sums[name][1] - self.clean[name][1]).flatten(1) / count
+            var_shift = square_shift - 2 * mean.to(shift.device) * shift - shift * shift
+            total = (total + shift @ mean_jacobian.flatten(1).T.to(shift)
+                     + var_shift @ var_jacobian.flatten(1).T.to(shift))
+        return torch.as_tensor(total)
+
+
+def correction(model: SegModel, x: torch.Tensor, target: Target, stats: Statistics,
+               channels: int) -> tuple[Correction | None, str]:
+    """The first-order correction of `target` around the clean `x` (whose logits have `channels`), or None and why not, as "first-order"
+    ("first-order (logits)" for a non-differentiable target, corrected through the logits it reads) or
+    "off: <why>". Costs one forward and k backward passes of the exact network (k the score's values), or
+    for the logits one forward-mode pass per `TANGENTS` statistics."""
+    layers = statistic_layers(model)
+    if any(isinstance(module, nn.LayerNorm) for module in layers.values()):
+        return None, "off: layer norm (statistics per position)"
+    if any(len(stats.moments[name]) != 1 for name in layers):
+        return None, "off: a statistic layer runs more than once per pass"
+    if target.differentiable:
+        return Correction(stats, _score_jacobian(model, x, target, layers, stats)), "first-order"
+    support = target.support(tuple(x.shape[2:]))
+    box = crop_plan(support, margin=0).slices if support is not None else tuple(slice(0, n) for n in x.shape[2:])
+    values = channels * math.prod(b.stop - b.start for b in box)
+    size = values * sum(2 * stats.moments[name][0][0].numel() for name in layers)
+    if size > MAX_JACOBIAN:
+        return None, f"off: the logits' Jacobian would hold {size:,} values (limit {MAX_JACOBIAN:,})"
+    return Correction(stats, _logit_jacobian(model, x, layers, stats, box), box), "first-order (logits)"
+
+
+@contextmanager
+def _shifted(layers: dict[str, nn.Module], shifts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Inside, each layer normalises with its exact statistics moved by its (mean, variance) shifts."""
+    for name, module in layers.items():
+        module.forward = _shifted_forward(module, *shifts[name])
+    try:
+        yield
+    finally:
+        for module in layers.values():
+            del module.forward
+
+
+def _shifted_forward(module: nn.Module, mean_shift: torch.Tensor, var_shift: torch.Tensor) -> Callable:
+    """The exact forward with its statistics moved by the given shifts (zero: differentiable probes)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grouped = _grouped(self, x)
+        dims = (-1,) if isinstance(self, nn.GroupNorm) else _reduced_dims(self, x)
+        mean = grouped.mean(dims, keepdim=True) + mean_shift
+        return _normalise(self, x, mean, grouped.var(dims, unbiased=False, keepdim=True) + var_shift)
+
+    return MethodType(forward, module)
+
+
+def _score_jacobian(model: SegModel, x: torch.Tensor, target: Target, layers: dict[str, nn.Module],
+                    stats: Statistics) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """d score / d (mean, variance) per layer, by reverse mode (one backward pass per score value)."""
+    shifts = {name: tuple(torch.zeros_like(m, requires_grad=True) for m in stats.moments[name][0]) for name in layers}
+    leaves = [leaf for pair in shifts.values() for leaf in pair]
+    with _shifted(layers, shifts), torch.enable_grad():
+        score = evaluate(target, model(x)).reshape(-1)
+        grads = [torch.autograd.grad(value, leaves, retain_graph=True, allow_unused=True) for value in score]
+    return {name: tuple(torch.stack([torch.zeros_like(leaf) if g[2 * i + j] is None else g[2 * i + j]
+                                     for g in grads]).double() for j, leaf in enumerate(pair))
+            for i, (name, pair) in enumerate(shifts.items())}
+
+
+def _logit_jacobian(model: SegModel, x: torch.Tensor, layers: dict[str, nn.Module], stats: Statistics,
+                    box: tuple[slice, ...]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """d logits over `box` / d (mean, variance) per layer, `(K * box voxels, *statistic shape)`, by forward
+    mode: each batch item of a pass carries one statistic's tangent."""
+    shapes = [(name, j, stats.moments[name][0][j].shape) for name in layers for j in range(2)]
+    offsets = [0]
+    for _, _, shape in shapes:
+        offsets.append(offsets[-1] + math.prod(shape[1:]))
+    columns = []
+    with torch.no_grad(), forward_ad.dual_level():
+        for first in range(0, offsets[-1], TANGENTS):
+            count = min(TANGENTS, offsets[-1] - first)
+            tangents = torch.zeros(count, offsets[-1], dtype=x.dtype, device=x.device)
+            tangents[torch.arange(count), first + torch.arange(count)] = 1
+            shifts: dict[str, list[torch.Tensor]] = {name: [None, None] for name in layers}
+            for (name, j, shape), lo, hi in zip(shapes, offsets, offsets[1:]):
+                zero = torch.zeros(count, *shape[1:], dtype=x.dtype, device=x.device)
+                shifts[name][j] = forward_ad.make_dual(zero, tangents[:, lo:hi].reshape(zero.shape))
+            with _shifted(layers, {name: tuple(pair) for name, pair in shifts.items()}):
+                logits = model(x.expand(count, *x.shape[1:]).contiguous()).logits[(..., *box)]
+            columns.append(forward_ad.unpack_dual(logits).tangent.flatten(1).double())
+    jacobian = torch.cat(columns).T  # (values, statistics)
+    return {name: tuple(jacobian[:, lo:hi].reshape(-1, *shape[1:]) for (n, _, shape), lo, hi
+                        in zip(shapes, offsets, offsets[1:]) if n == name) for name in layers}
+
+
+class CorrectedTarget(Target):
+    """A non-differentiable target scored on logits moved by the first-order correction of the statistics'
+    change that the scorer's frozen pass reported (`Statistics.sink`); outside such a pass (the exact network,
+    the clean input) it is the target itself. `place` is where the correction's box lies in the logits it gets."""
+
+    def __init__(self, inner: Target, fix: Correction, place: tuple[slice, ...] | None = None) -> None:
+        self.inner, self.fix = inner, fix
+        self.place = fix.box if place is None else place
+        self.differentiable = False
+
+    def bind(self, reference: SegOutput) -> Target:
+        return self
+
+    def __call__(self, output: SegOutput) -> torch.Tensor:
+        sums = self.fix.statistics.sink
+        if not sums or self.fix.clean is None:
+            return self.inner(output)
+        logits = output.logits.clone()
+        window = (..., *self.place)
+        logits[window] += self.fix.effect(sums).reshape(logits[window].shape).to(logits)
+        return self.inner(replace(output, logits=logits))
+
+    def support(self, spatial_shape: tuple[int, ...]) -> torch.Tensor | None:
+        return self.inner.support(spatial_shape)
+
+    def crop(self, box: tuple[slice, ...]) -> Target | None:
+        inner = self.inner.crop(box)
+        inside = all(b.start <= p.start and p.stop <= b.stop for b, p in zip(box, self.place))
+        if inner is None or not inside:
+            return None
+        return CorrectedTarget(inner, self.fix, tuple(slice(p.start - b.start, p.stop - b.start)
+                                                      for b, p in zip(box, self.place)))
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+
+def corrected(scorer: Callable[[torch.Tensor], torch.Tensor], fix: Correction,
+              clean: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`scorer` (run with frozen statistics) with the first-order correction of each item: added to its
+    scores, or, for a logit correction, made by its `CorrectedTarget` from the sums each pass reports. The
+    clean input's sums are taken once through the same scorer, so crops and boxes cancel out of the shifts."""
+    def collect(inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, Sums]]:
+        fix.statistics.sink = {}
+        try:
+            return scorer(inputs), fix.statistics.sink
+        finally:
+            fix.statistics.sink = None
+
+    fix.clean = None
+    _, fix.clean = collect(clean)
+
+    def score(inputs: torch.Tensor) -> torch.Tensor:
+        scores, sums = collect(inputs)
+        if not sums or fix.box is not None:
+            return scores
+        return scores + fix.effect(sums).reshape(scores.shape).to(scores)
+
+    return score
 
 
 @dataclass(frozen=True)

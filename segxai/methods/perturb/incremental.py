@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from segxai.methods.perturb import engine
-from segxai.methods.perturb.frozen_norm import statistic_layers
+from segxai.methods.perturb.frozen_norm import Statistics, Sums, input_sums, statistic_layers
 from segxai.model import SegModel, SegOutput
 from segxai.roi import crop_plan
 from segxai.targets import evaluate
@@ -221,12 +221,24 @@ class IncrementalNetwork:
     of a batch of perturbed inputs."""
 
     def __init__(self, model: SegModel, ref: engine.Reference, graph: fx.GraphModule, rules: dict[fx.Node, Any],
-                 cache: dict[fx.Node, torch.Tensor]) -> None:
+                 cache: dict[fx.Node, torch.Tensor], statistics: Statistics | None = None) -> None:
         self.model, self.ref, self.graph, self.rules = model, ref, graph, rules
         self.output = next(n for n in graph.graph.nodes if n.op == "output").args[0]
-        # Only what boxes are gathered from is kept: the inputs of window and join nodes, and the output.
+        # Frozen norm nodes: while the statistics' sink is open, each batch reports its layers' input sums as a
+        # whole pass would see them (the clean sums plus what the boxes changed), for the first-order correction.
+        self.statistics = statistics
+        frozen = set() if statistics is None else set(statistics.moments)
+        self.frozen = {node: node.target for node in graph.graph.nodes
+                       if node.op == "call_module" and node.target in frozen}
+        self.clean_sums = {node.target: input_sums(graph.get_submodule(node.target), cache[node.all_input_nodes[0]])
+                           for node in self.frozen}
+        self.sums: dict[str, Sums] = {}
+        self.reporting = False
+        self.rows = torch.zeros(0, dtype=torch.long)
+        # Only what boxes are gathered from is kept: the inputs of window, join and frozen nodes, and the output.
         self.grids = {node: tuple(value.shape[2:]) for node, value in cache.items()}
-        kept = {self.output} | {a for node, kind in rules.items() if not isinstance(kind, str) or kind == "join"
+        kept = {self.output} | {a for node, kind in rules.items()
+                                if not isinstance(kind, str) or kind == "join" or node in self.frozen
                                 for a in node.all_input_nodes}
         self.cache = {node: value for node, value in cache.items() if node in kept}
         # A target that reads only its support's box is scored on logits assembled over that box alone.
@@ -243,6 +255,16 @@ class IncrementalNetwork:
     def run(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits `(n, K, *window)` of `inputs` `(n, C, *spatial)` on the scored window: clean for unchanged
         items, computed on boxes for the others, a full pass for a batch whose changes cover too much."""
+        self.reporting = self.statistics is not None and self.statistics.sink is not None
+        self.sums = {name: tuple(s.expand(len(inputs), *s.shape[1:]).clone() for s in sums)
+                     for name, sums in self.clean_sums.items()} if self.reporting else {}
+        try:
+            return self._logits(inputs)
+        finally:
+            if self.reporting:
+                self.statistics.sink = self.sums
+
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
         x = self.ref.x
         clean = self.cache[self.output][(..., *self.window)]
         difference = (inputs != x).any(1)
@@ -252,9 +274,15 @@ class IncrementalNetwork:
             return logits
         lo, size = input_boxes(difference[rows])
         if math.prod(size) > MAX_BOX_SHARE * x[0, 0].numel():
+            if self.reporting:
+                self.statistics.sink = {}
             logits[rows] = self.graph(inputs[rows])[(..., *self.window)]
+            for name, sums in self.statistics.sink.items() if self.reporting else ():
+                for mine, found in zip(self.sums[name], sums):
+                    mine[rows] = found
             self._count(len(rows), x[0, 0].numel())
             return logits
+        self.rows = rows
         start = Patch(lo, size, _boxes(inputs[rows], lo, size))
         values: dict[fx.Node, Patch | None] = {}
         for node in self.graph.graph.nodes:
@@ -283,6 +311,8 @@ class IncrementalNetwork:
             patch = values[source]
             function = self.graph.get_submodule(node.target) if node.op == "call_module" else node.target
             args = [patch.data if a is source else a for a in node.args]
+            if self.reporting and node in self.frozen:
+                self._box_sums(node, function, patch)
             return Patch(patch.lo, patch.size, function(*args, **node.kwargs))
         if kind == "join":
             present = [values[a] for a in tensors if values[a] is not None]
@@ -296,6 +326,13 @@ class IncrementalNetwork:
             return Patch(lo, size, node.target(*args, **node.kwargs))
         (source,) = tensors
         return kind(self.cache.get(source), self.grids[node], values[source])
+
+    def _box_sums(self, node: fx.Node, module: nn.Module, patch: Patch) -> None:
+        """A frozen layer's input sums as a whole pass would see them: the clean sums plus the boxes' change."""
+        clean = gather(self.cache[node.all_input_nodes[0]], None, patch.lo, patch.size)
+        name = self.frozen[node]
+        for mine, changed, before in zip(self.sums[name], input_sums(module, patch.data), input_sums(module, clean)):
+            mine[self.rows] += changed - before
 
     def _count(self, items: int, voxels: int) -> None:
         """Count the batch as the model counts passes; voxels are those of the recomputed input boxes."""
@@ -325,9 +362,10 @@ def _boxes(inputs: torch.Tensor, lo: list[list[int]], size: tuple[int, ...]) -> 
                         for i, corner in enumerate(lo)])
 
 
-def build(model: SegModel, ref: engine.Reference) -> tuple[IncrementalNetwork | None, str]:
-    """The incremental network of `model` around `ref` (run inside the plan's norm context), or None and why
-    not: "on" or "off: <reason>" is the second value."""
+def build(model: SegModel, ref: engine.Reference,
+          statistics: Statistics | None = None) -> tuple[IncrementalNetwork | None, str]:
+    """The incremental network of `model` around `ref` (run inside the plan's norm context, whose frozen
+    `statistics` it reports input sums to), or None and why not: "on" or "off: <reason>" is the second value."""
     if model._inferer is not None or not isinstance(model.net, nn.Module):
         return None, "off: the model runs through an inferer or is not a torch.nn.Module"
     try:
@@ -352,7 +390,7 @@ def build(model: SegModel, ref: engine.Reference) -> tuple[IncrementalNetwork | 
     scale = float(ref.output.logits.abs().max())
     if not torch.allclose(cache[output], ref.output.logits, rtol=1e-4, atol=1e-5 * scale):
         return None, "off: the traced graph does not reproduce the network"
-    return IncrementalNetwork(model, ref, graph, rules, cache), "on"
+    return IncrementalNetwork(model, ref, graph, rules, cache, statistics), "on"
 
 
 _KINDS = ("placeholder", "output", "pointwise", "join")

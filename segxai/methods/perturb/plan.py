@@ -9,7 +9,7 @@ inference, decided once per item and shared by every perturbation method (and Ca
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -26,8 +26,9 @@ Incremental = Literal["auto", "off"]
 @dataclass
 class ItemPlan:
     """The reference, the reachable part of the ROI, the crop and the scorer of one item, with the recorded
-    norm statistics (None for exact norms) and how incremental inference went (`incremental`: "on",
-    "off" or "off: <why>")."""
+    norm statistics (None for exact norms), how incremental inference went (`incremental`: "on",
+    "off" or "off: <why>") and, with frozen norms, whether the scores carry the first-order correction for the
+    statistics' change (`correction`: "first-order" or "off: <why>")."""
 
     model: SegModel
     ref: engine.Reference
@@ -37,6 +38,7 @@ class ItemPlan:
     statistics: frozen_norm.Statistics | None
     norm: str
     incremental: str
+    correction: str | None = None
 
     def active(self):
         """The context the perturbed passes run in (frozen statistics when norm="frozen")."""
@@ -46,7 +48,7 @@ class ItemPlan:
         """The plan's fields of `PerturbationStats`; with frozen norms, scores a few seeded `perturbations`
         (drawn from the context's generator) with the exact network and with the plan's scorer."""
         found: dict[str, Any] = {"cropped": self.crop is not None, "norm": self.norm,
-                                 "incremental": self.incremental}
+                                 "incremental": self.incremental, "norm_correction": self.correction}
         if self.crop is not None:
             found.update(receptive_field=tuple(self.crop.stats["receptive_field"]),
                          crop_shape=tuple(self.crop.stats["crop_shape"]))
@@ -64,23 +66,31 @@ class ItemPlan:
 def prepare(model: SegModel, item: torch.Tensor, target: Target, roi: torch.Tensor | None, *,
             outside: engine.Outside, crop: Literal["auto", "none"], norm: frozen_norm.Norm,
             incremental_mode: Incremental) -> ItemPlan:
-    """Plan one `(1, C, *spatial)` item: run the clean pass (recording norm statistics for norm="frozen"),
-    then, with those statistics in force, find the reach, the crop and, for incremental="auto", a network
-    that recomputes only what each perturbation changes (falling back to the crop scorer when unsupported)."""
+    """Plan one `(1, C, *spatial)` item: run the clean pass (recording norm statistics for norm="frozen", and
+    the score's gradient with respect to them for the first-order correction), then, with those statistics in
+    force, find the reach, the crop and, for incremental="auto", a network that recomputes only what each
+    perturbation changes (falling back to the crop scorer when unsupported)."""
     check_incremental(incremental_mode)
     with frozen_norm.recorder(model, norm) as statistics:
         ref = engine.reference(model, item, target, roi, outside)
     state = norm
     if statistics is not None and not statistics.layers:
         statistics, state = None, "frozen (no layer to freeze)"  # the network is exact as it is
+    fix, corrected = (None, None) if statistics is None else frozen_norm.correction(
+        model, ref.x, ref.target, statistics, ref.output.num_channels)
+    if fix is not None and fix.box is not None:
+        ref = replace(ref, target=frozen_norm.CorrectedTarget(ref.target, fix))
     with frozen_norm.frozen(model, statistics):
-        reachable = engine.reach(model, ref, roi)
-        planned = engine.plan_crop(model, ref, reachable, crop)
+        # through the statistics' change every region reaches the target, so none is skipped
+        reachable = roi if fix is not None else engine.reach(model, ref, roi)
+        planned = engine.plan_crop(model, ref, reachable, crop, whole_reach=fix is not None)
         scorer, how = engine.crop_scorer(model, ref, planned), "off"
         if incremental_mode == "auto":
-            network, how = incremental.build(model, ref)
+            network, how = incremental.build(model, ref, statistics)
             scorer = network.scorer() if network is not None else scorer
-    return ItemPlan(model, ref, reachable, planned, scorer, statistics, state, how)
+        if fix is not None:
+            scorer = frozen_norm.corrected(scorer, fix, ref.x)
+    return ItemPlan(model, ref, reachable, planned, scorer, statistics, state, how, corrected)
 
 
 def check_incremental(mode: str) -> None:
