@@ -112,7 +112,7 @@ class SegOutput:
             if self.multi_label:
                 best, index = probs.max(dim=1)
                 return torch.where(best > self.threshold, index + 1, torch.zeros_like(index))
-            return probs.argmax(dim=1)
+            return probs.max(dim=1).indices  # = argmax (first maximum), which is ~20x slower on CPU over dim 1
 
     def class_mask(self, cls: int) -> torch.Tensor:
         """Boolean prediction of class `cls`, `(B, *spatial)`; labels may overlap for multi-label outputs."""

@@ -144,7 +144,7 @@ def test_input_boxes_share_one_size_inside_the_grid():
     changed[1, 8:10, 0:2] = True
     lo, size = incremental.input_boxes(changed)
     assert size == (2, 3)
-    assert lo == [[1, 2], [8, 0]]
+    assert lo.tolist() == [[1, 2], [8, 0]]
 
 
 def test_bad_incremental_setting_is_a_clear_error():

@@ -185,8 +185,8 @@ class MaskedFill:
         masks = self.regions.masks(start, stop).to(self.x.device)
         if self.inside is not None:
             masks = masks * self.inside
-        weights = masks[:, None]
-        inputs = self.x * (1.0 - weights) + self.fill(start, stop - start) * weights
+        # lerp is one pass and exact at the ends: weight 0 keeps x, weight 1 gives the fill
+        inputs = torch.lerp(self.x, self.fill(start, stop - start), masks[:, None])
         return Batch(inputs, info=(masks, self.regions.features(start, stop)))
 
 

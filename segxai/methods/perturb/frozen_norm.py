@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.autograd import forward_ad
 
 from segxai.errors import SegxaiError
 from segxai.model import SegModel, SegOutput
@@ -271,24 +270,30 @@ def _score_jacobian(model: SegModel, x: torch.Tensor, target: Target, layers: di
 def _logit_jacobian(model: SegModel, x: torch.Tensor, layers: dict[str, nn.Module], stats: Statistics,
                     box: tuple[slice, ...]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """d logits over `box` / d (mean, variance) per layer, `(K * box voxels, *statistic shape)`, by forward
-    mode: each batch item of a pass carries one statistic's tangent."""
+    mode, `TANGENTS` statistics per vectorised pass (the clean values computed once, the tangents batched)."""
     shapes = [(name, j, stats.moments[name][0][j].shape) for name in layers for j in range(2)]
     offsets = [0]
     for _, _, shape in shapes:
         offsets.append(offsets[-1] + math.prod(shape[1:]))
-    columns = []
-    with torch.no_grad(), forward_ad.dual_level():
-        for first in range(0, offsets[-1], TANGENTS):
-            count = min(TANGENTS, offsets[-1] - first)
-            tangents = torch.zeros(count, offsets[-1], dtype=x.dtype, device=x.device)
-            tangents[torch.arange(count), first + torch.arange(count)] = 1
-            shifts: dict[str, list[torch.Tensor]] = {name: [None, None] for name in layers}
-            for (name, j, shape), lo, hi in zip(shapes, offsets, offsets[1:]):
-                zero = torch.zeros(count, *shape[1:], dtype=x.dtype, device=x.device)
-                shifts[name][j] = forward_ad.make_dual(zero, tangents[:, lo:hi].reshape(zero.shape))
-            with _shifted(layers, {name: tuple(pair) for name, pair in shifts.items()}):
-                logits = model(x.expand(count, *x.shape[1:]).contiguous()).logits[(..., *box)]
-            columns.append(forward_ad.unpack_dual(logits).tangent.flatten(1).double())
+    zero = torch.zeros(offsets[-1], dtype=x.dtype, device=x.device)
+
+    def logits(flat: torch.Tensor) -> torch.Tensor:
+        shifts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        for (name, _, shape), lo, hi in zip(shapes, offsets, offsets[1:]):
+            shifts[name].append(flat[lo:hi].reshape(shape))
+        with _shifted(layers, {name: tuple(pair) for name, pair in shifts.items()}):
+            return model(x).logits[(..., *box)]
+
+    def column(tangent: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(logits, (zero,), (tangent,))[1]
+
+    identity = torch.eye(offsets[-1], dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        columns = [torch.func.vmap(column)(identity[first:first + TANGENTS]).flatten(1).double()
+                   for first in range(0, offsets[-1], TANGENTS)]
+    # Each tangent costs about one pass; the model counted one per vectorised call.
+    model.forward_passes += offsets[-1] - len(columns)
+    model.forward_voxels += (offsets[-1] - len(columns)) * x[0, 0].numel()
     jacobian = torch.cat(columns).T  # (values, statistics)
     return {name: tuple(jacobian[:, lo:hi].reshape(-1, *shape[1:]) for (n, _, shape), lo, hi
                         in zip(shapes, offsets, offsets[1:]) if n == name) for name in layers}

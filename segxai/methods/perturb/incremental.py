@@ -18,6 +18,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -46,7 +47,7 @@ class Patch:
     """A node's value for a batch: equal to the clean activation except on the box at `lo[i]` (one corner per
     item) of shape `size`, where it is `data` `(n, C, *size)`."""
 
-    lo: list[list[int]]
+    lo: np.ndarray  # (n, dims) int64
     size: tuple[int, ...]
     data: torch.Tensor
 
@@ -55,43 +56,51 @@ def _axes(value, dims: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * dims
 
 
-def gather(clean: torch.Tensor, patch: Patch | None, lo: list[list[int]], size: tuple[int, ...],
+def gather(clean: torch.Tensor, patch: Patch | None, lo: np.ndarray, size: tuple[int, ...],
            fill: float = 0.0) -> torch.Tensor:
     """The batch's values on the boxes at `lo` of shape `size` (`(n, C, *size)`): the patch where it has one,
     the clean activation elsewhere, and `fill` outside the grid (the layer's padding)."""
-    grid = clean.shape[2:]
-    inside = all(0 <= c and c + s <= n for corner in lo for c, s, n in zip(corner, size, grid))
-    if inside:  # one copy of the clean boxes, no fill
-        out = torch.stack([clean[(0, slice(None), *(slice(c, c + s) for c, s in zip(corner, size)))]
-                           for corner in lo])
-    else:
-        out = clean.new_full((len(lo), clean.shape[1], *size), fill)
-    for i, corner in enumerate(lo):
-        if not inside:
-            src, dst = _overlap(corner, size, [0] * len(grid), grid)
-            if src is not None:
-                out[(i, slice(None), *dst)] = clean[(0, slice(None), *src)]
-        if patch is not None:
-            src, dst = _overlap(corner, size, patch.lo[i], patch.size)
-            if src is not None:
-                out[(i, slice(None), *dst)] = patch.data[(i, slice(None), *src)]
+    out = clean.new_full((len(lo), clean.shape[1], *size), fill)
+    paste(out, lo, clean, np.zeros((1, len(size)), dtype=np.int64), shared=True)
+    if patch is not None:
+        paste(out, lo, patch.data, patch.lo)
     return out
 
 
-def _overlap(corner, size, other, other_size):
-    """Slices into `other`'s box and into the box at `corner` of their intersection (None when empty)."""
-    low = [max(c, o) for c, o in zip(corner, other)]
-    high = [min(c + s, o + t) for c, s, o, t in zip(corner, size, other, other_size)]
-    if any(h <= l for l, h in zip(low, high)):
-        return None, None
-    return (tuple(slice(l - o, h - o) for l, h, o in zip(low, high, other)),
-            tuple(slice(l - c, h - c) for l, h, c in zip(low, high, corner)))
+def paste(out: torch.Tensor, out_lo: np.ndarray, source: torch.Tensor, source_lo: np.ndarray,
+          shared: bool = False) -> None:
+    """Copy into each item's box of `out` (`(n, C, *box)`, item i's box at `out_lo[i]`) the overlapping part
+    of the source box at `source_lo[i]` (the values `source[i]`, or `source[0]` for all when `shared`; one
+    row of `source_lo` serves all). Items whose overlaps sit alike are copied together, so a batch of like
+    boxes costs one slice copy."""
+    n, dims = out_lo.shape
+    low = np.maximum(out_lo, source_lo)
+    high = np.minimum(out_lo + np.asarray(out.shape[2:]), source_lo + np.asarray(source.shape[2:]))
+    key = np.concatenate([low - out_lo, low - source_lo, high - low], 1)
+    present = (high > low).all(1)
+    if present.all() and (key == key[0]).all():
+        groups = {tuple(key[0].tolist()): None}
+    else:
+        groups = {}
+        for item, row in zip(np.flatnonzero(present).tolist(), key[present].tolist()):
+            groups.setdefault(tuple(row), []).append(item)
+    for row, items in groups.items():
+        into = tuple(slice(row[a], row[a] + row[2 * dims + a]) for a in range(dims))
+        read = tuple(slice(row[dims + a], row[dims + a] + row[2 * dims + a]) for a in range(dims))
+        if items is None:
+            out[(slice(None), slice(None), *into)] = source[(slice(None), slice(None), *read)]
+        elif items[-1] - items[0] + 1 == len(items):  # a run of items (perturbations come block by block)
+            run = slice(items[0], items[-1] + 1)
+            out[(run, slice(None), *into)] = source[(slice(0, 1) if shared else run, slice(None), *read)]
+        else:
+            index = torch.as_tensor(items, device=out.device)
+            out[(index, slice(None), *into)] = source[(slice(0, 1) if shared else index, slice(None), *read)]
 
 
-def _common(lo: list[list[int]], hi: list[list[int]], grid: tuple[int, ...]) -> tuple[list[list[int]], tuple[int, ...]]:
+def _common(lo: np.ndarray, hi: np.ndarray, grid: tuple[int, ...]) -> tuple[np.ndarray, tuple[int, ...]]:
     """One box size for the batch (the largest box, at most the grid), each item's box moved inside the grid."""
-    size = tuple(min(max(h[a] - l[a] for l, h in zip(lo, hi)), grid[a]) for a in range(len(grid)))
-    return [[max(0, min(l[a], grid[a] - size[a])) for a in range(len(grid))] for l in lo], size
+    size = np.minimum((hi - lo).max(0), grid)
+    return np.clip(lo, 0, np.asarray(grid) - size), tuple(size.tolist())
 
 
 # ------------------------------------------------------------------------------------------------ rules
@@ -124,13 +133,13 @@ class Window:
         return (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[self.dims - 1](x, self.kernel, self.stride, 0)
 
     def __call__(self, clean_in: torch.Tensor, grid_out: tuple[int, ...], patch: Patch) -> Patch:
-        k, s, p, d = self.kernel, self.stride, self.padding, self.dilation
-        lo = [[max(0, -(-(l + p[a] - (k[a] - 1) * d[a]) // s[a])) for a, l in enumerate(corner)] for corner in patch.lo]
-        hi = [[min(grid_out[a], (l + patch.size[a] - 1 + p[a]) // s[a] + 1) for a, l in enumerate(corner)]
-              for corner in patch.lo]
+        k, s, p, d = (np.asarray(v) for v in (self.kernel, self.stride, self.padding, self.dilation))
+        reach = (k - 1) * d
+        lo = np.maximum(0, -((reach - patch.lo - p) // s))
+        hi = np.minimum(grid_out, (patch.lo + np.asarray(patch.size) - 1 + p) // s + 1)
         out_lo, out_size = _common(lo, hi, tuple(grid_out))
-        in_lo = [[l * s[a] - p[a] for a, l in enumerate(corner)] for corner in out_lo]
-        in_size = tuple((n - 1) * s[a] + (k[a] - 1) * d[a] + 1 for a, n in enumerate(out_size))
+        in_lo = out_lo * s - p
+        in_size = tuple(((np.asarray(out_size) - 1) * s + reach + 1).tolist())
         return Patch(out_lo, out_size, self.function(gather(clean_in, patch, in_lo, in_size, self.fill)))
 
 
@@ -144,24 +153,20 @@ class Transposed:
 
     def __call__(self, clean_in: torch.Tensor, grid_out: tuple[int, ...], patch: Patch) -> Patch:
         grid_in = tuple(clean_in.shape[2:])
-        k, s, p, d = self.kernel, self.stride, self.padding, self.dilation
-        reach = [(k[a] - 1) * d[a] for a in range(self.dims)]
-        lo = [[max(0, l * s[a] - p[a]) for a, l in enumerate(c)] for c in patch.lo]
-        hi = [[min(grid_out[a], (l + patch.size[a] - 1) * s[a] - p[a] + reach[a] + 1) for a, l in enumerate(c)]
-              for c in patch.lo]
+        k, s, p, d = (np.asarray(v) for v in (self.kernel, self.stride, self.padding, self.dilation))
+        reach = (k - 1) * d
+        lo = np.maximum(0, patch.lo * s - p)
+        hi = np.minimum(grid_out, (patch.lo + np.asarray(patch.size) - 1) * s - p + reach + 1)
         out_lo, out_size = _common(lo, hi, grid_out)
-        need_lo = [[max(0, -(-(l + p[a] - reach[a]) // s[a])) for a, l in enumerate(c)] for c in out_lo]
-        need_hi = [[min(grid_in[a], (l + out_size[a] - 1 + p[a]) // s[a] + 1) for a, l in enumerate(c)] for c in out_lo]
+        need_lo = np.maximum(0, -((reach - out_lo - p) // s))
+        need_hi = np.minimum(grid_in, (out_lo + np.asarray(out_size) - 1 + p) // s + 1)
         in_lo, in_size = _common(need_lo, need_hi, grid_in)
         transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.dims - 1]
         m = self.module
-        y = transpose(gather(clean_in, patch, in_lo, in_size), m.weight, None, s, 0, 0, m.groups, d)
+        y = transpose(gather(clean_in, patch, in_lo, in_size), m.weight, None, self.stride, 0, 0, m.groups,
+                      self.dilation)
         out = y.new_zeros((len(out_lo), y.shape[1], *out_size))
-        for i, (corner, start) in enumerate(zip(out_lo, in_lo)):
-            origin = [st * s[a] - p[a] for a, st in enumerate(start)]
-            src, dst = _overlap(corner, out_size, origin, y.shape[2:])
-            if src is not None:
-                out[(i, slice(None), *dst)] = y[(i, slice(None), *src)]
+        paste(out, out_lo, y, in_lo * s - p)
         if m.bias is not None:
             out = out + m.bias.view(1, -1, *(1,) * self.dims)
         return Patch(out_lo, out_size, out)
@@ -175,8 +180,7 @@ class Upsample:
 
     def __call__(self, clean_in, grid_out, patch: Patch) -> Patch:
         data = F.interpolate(patch.data, scale_factor=self.factor, mode="nearest")
-        return Patch([[l * f for l, f in zip(c, self.factor)] for c in patch.lo],
-                     tuple(n * f for n, f in zip(patch.size, self.factor)), data)
+        return Patch(patch.lo * np.asarray(self.factor), tuple(n * f for n, f in zip(patch.size, self.factor)), data)
 
 
 def rule(node: fx.Node, modules: dict[str, nn.Module], frozen: set[str], dims: int) -> Any:
@@ -283,18 +287,16 @@ class IncrementalNetwork:
             self._count(len(rows), x[0, 0].numel())
             return logits
         self.rows = rows
-        start = Patch(lo, size, _boxes(inputs[rows], lo, size))
+        start = Patch(lo, size, torch.stack([inputs[(row, slice(None), *(slice(c, c + n) for c, n in zip(corner, size)))]
+                                             for row, corner in zip(rows.tolist(), lo.tolist())]))
         values: dict[fx.Node, Patch | None] = {}
         for node in self.graph.graph.nodes:
             values[node] = start if node.op == "placeholder" else self._node(node, values)
         patch = values[self.output]
         if patch is not None:
-            origin = [w.start for w in self.window]
-            extent = [w.stop - w.start for w in self.window]
-            for i, row in enumerate(rows.tolist()):
-                src, dst = _overlap(origin, extent, patch.lo[i], patch.size)
-                if src is not None:
-                    logits[(row, slice(None), *dst)] = patch.data[(i, slice(None), *src)]
+            changed = logits[rows]
+            paste(changed, np.asarray([[w.start for w in self.window]] * len(rows)), patch.data, patch.lo)
+            logits[rows] = changed
         self._count(len(rows), math.prod(size))
         return logits
 
@@ -317,9 +319,8 @@ class IncrementalNetwork:
         if kind == "join":
             present = [values[a] for a in tensors if values[a] is not None]
             grid = self.grids[node]
-            lo = [[min(p.lo[i][a] for p in present) for a in range(len(grid))] for i in range(len(present[0].lo))]
-            hi = [[max(p.lo[i][a] + p.size[a] for p in present) for a in range(len(grid))]
-                  for i in range(len(present[0].lo))]
+            lo = np.minimum.reduce([p.lo for p in present])
+            hi = np.maximum.reduce([p.lo + np.asarray(p.size) for p in present])
             lo, size = _common(lo, hi, grid)
             boxed = {a: gather(self.cache[a], values[a], lo, size) for a in tensors}
             args = fx.node.map_arg(node.args, lambda a: boxed[a])
@@ -346,20 +347,16 @@ class IncrementalNetwork:
         return lambda inputs: evaluate(self.target, SegOutput(self.run(inputs), activation, threshold))
 
 
-def input_boxes(changed: torch.Tensor) -> tuple[list[list[int]], tuple[int, ...]]:
+def input_boxes(changed: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
     """Each item's bounding box of `changed` `(n, *spatial)` (every item changes somewhere), as one size."""
     grid = tuple(changed.shape[1:])
     lo, hi = [], []
     for axis in range(len(grid)):
-        present = changed.movedim(axis + 1, -1).flatten(1, -2).any(1) if len(grid) > 1 else changed
-        lo.append(present.float().argmax(1).tolist())
-        hi.append((grid[axis] - present.flip(1).float().argmax(1)).tolist())
-    return _common([list(c) for c in zip(*lo)], [list(c) for c in zip(*hi)], grid)
-
-
-def _boxes(inputs: torch.Tensor, lo: list[list[int]], size: tuple[int, ...]) -> torch.Tensor:
-    return torch.stack([inputs[(i, slice(None), *(slice(c, c + s) for c, s in zip(corner, size)))]
-                        for i, corner in enumerate(lo)])
+        others = tuple(a + 1 for a in range(len(grid)) if a != axis)
+        present = (changed.any(dim=others) if others else changed).byte()
+        lo.append(present.argmax(1))
+        hi.append(grid[axis] - present.flip(1).argmax(1))
+    return _common(torch.stack(lo, 1).cpu().numpy(), torch.stack(hi, 1).cpu().numpy(), grid)
 
 
 def build(model: SegModel, ref: engine.Reference,
