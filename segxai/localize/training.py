@@ -1,8 +1,9 @@
 """Fit a localizer on label maps and organ names (Dice + BCE), and measure its Dice per prompt.
 
-Each step draws (image, class) pairs and one of the class's prompts; the target is that class's mask, which may
-be empty (a slice without the organ), so the Dice term is computed over the whole batch. Only the CoOp context,
-the U-Net, the FiLM layers and the text head train; every random draw comes from `seed`.
+Each step draws (class, image) pairs, the image holding the class two times in three, and one of the class's
+prompts; the target is that class's mask, which may be empty (a slice without the organ), so the Dice term is
+computed over the whole batch. Only the CoOp context, the U-Net, the FiLM layers and the text head train; every
+random draw comes from `seed`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from segxai.errors import SegxaiError
 from segxai.localize.model import Localizer
 from segxai.localize.text import TextEncoder, check_prompts
 from segxai.preprocess import normalize_intensity
-from segxai.models.augment import common_grid, pad_end
+from segxai.models.augment import Augmenter, common_grid, pad_end
 from segxai.models.loop import Loop, Resumable, run_loop
 from segxai.models.train import one_cycle_schedule
 
@@ -41,6 +42,8 @@ def train_localizer(
     steps: int = 300,
     batch_size: int = 8,
     lr: float = 3e-3,
+    augment: bool = False,
+    contrast: bool = False,
     seed: int = 0,
     saving: Resumable = Resumable(),
     progress: bool = True,
@@ -49,7 +52,10 @@ def train_localizer(
 
     `prompts` gives the training prompts per label (default: the name with `_` as spaces); `context_init`
     initialises the context from a phrase (then M is its token count) instead of N(0, 0.02^2) with M =
-    `n_context`; `class_context` learns one context per class instead of one shared context. `saving` keeps the
+    `n_context`; `class_context` learns one context per class instead of one shared context. `augment` draws
+    seeded intensity and small affine changes (no flips: they swap left and right organs); `contrast` also remaps
+    the contrast at random (`segxai.models.contrast`), so that a localizer trained on one modality (CT) reads
+    another (MR) by shape and position; pair it with a `percentile` intensity spec. `saving` keeps the
     training state every few steps and resumes from it (`segxai.models.loop.Resumable`).
     """
     from monai.losses import DiceLoss
@@ -81,28 +87,46 @@ def train_localizer(
     optimiser = torch.optim.Adam(trainable, lr=lr)
     schedule = one_cycle_schedule(optimiser, lr, steps)
     dice_loss, bce = DiceLoss(sigmoid=True, batch=True), torch.nn.BCEWithLogitsLoss()
+    augmenter = Augmenter(dims, flips=False, contrast=contrast) if augment or contrast else None
+
+    holding = [np.flatnonzero((y_all == v).flatten(1).any(1).numpy()) for v in values]
 
     def step(_: int) -> float:
-        cases = rng.integers(len(x_all), size=batch_size)
         classes = rng.integers(len(values), size=batch_size)
+        cases = np.array([_draw_case(rng, len(x_all), holding[c]) for c in classes])
         batch_prompts = [options[c][rng.integers(len(options[c]))] for c in classes]
-        target = (y_all[cases] == torch.tensor([values[c] for c in classes]).view(-1, *[1] * dims))[:, None].float()
+        x, y = x_all[cases], y_all[cases][:, None]
+        if augmenter is not None:
+            x, y = augmenter(x, y, seed=int(rng.integers(2**31)))
+        target = (y == torch.tensor([values[c] for c in classes]).view(-1, *[1] * (dims + 1))).float()
         localizer.train()
         optimiser.zero_grad()
-        logits = localizer(x_all[cases], batch_prompts)
+        logits = localizer(x, batch_prompts)
         loss = dice_loss(logits, target) + bce(logits, target)
         loss.backward()
         optimiser.step()
         schedule.step()
         return float(loss.detach())
 
-    signature = {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "cases": len(images),
+    signature = {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "augment": bool(augment),
+                 "contrast": bool(contrast), "cases": len(images),
                  "labels": values, "prompts": options, "grid": list(grid)}
     loop = Loop({"localizer": localizer, "optimiser": optimiser, "schedule": schedule}, {"draws": rng}, signature,
                 losses=localizer.history)
     run_loop(loop, step, steps, saving, progress=progress, desc="training localizer")
     localizer.eval()
     return localizer
+
+
+FOREGROUND = 2 / 3  # share of draws that take an image holding the class (nnU-Net oversamples foreground a third)
+
+
+def _draw_case(rng: np.random.Generator, count: int, holding: np.ndarray) -> int:
+    """A training image for one draw: with probability `FOREGROUND` one that holds the class (small organs,
+    absent from most slices, would otherwise be learnt as "nothing"), else any image."""
+    if len(holding) and rng.random() < FOREGROUND:
+        return int(holding[rng.integers(len(holding))])
+    return int(rng.integers(count))
 
 
 def localizer_dice(

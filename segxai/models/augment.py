@@ -1,5 +1,6 @@
 """Training data on one grid: resampling to a size or spacing, padding to a common stride-aligned grid, and
-seeded MONAI augmentations (flips, intensity, small affine) applied to image and label together."""
+seeded MONAI augmentations (flips, intensity, small affine) applied to image and label together, and a random
+contrast remapping for models that must read another modality than the one they were trained on."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -51,16 +52,24 @@ class Augmenter:
     """Seeded MONAI augmentations of an image batch `(B, C, *spatial)` and its labels `(B, 1, *spatial)`.
 
     Flips (2D only by default: in 3D a flip swaps left and right organs), intensity scale and shift, and a small
-    affine (rotation up to ~11 degrees, scale +-10 %). Each call draws its randomness from `seed`, so a training
-    step is reproduced from the seed it was given.
+    affine (rotation up to ~11 degrees, scale +-10 %). `contrast` adds a random, non-monotonic remapping of the
+    intensities (`RandContrastRemap`), a smooth bias field and noise, so that a model trained on CT learns shapes
+    and positions rather than Hounsfield values and still reads an MR. Each call draws its randomness from
+    `seed`, so a training step is reproduced from the seed it was given.
     """
 
-    def __init__(self, spatial_dims: int, flips: bool | None = None) -> None:
-        from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
+    def __init__(self, spatial_dims: int, flips: bool | None = None, contrast: bool = False) -> None:
+        from monai.transforms import (Compose, RandAffined, RandBiasFieldd, RandFlipd, RandGaussianNoised,
+                                      RandScaleIntensityd, RandShiftIntensityd)
+
+        from segxai.models.contrast import RandContrastRemapd
 
         flips = spatial_dims == 2 if flips is None else flips
         keys = ["image", "label"]
         steps = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)] if flips else []
+        if contrast:
+            steps += [RandContrastRemapd("image", prob=0.5), RandBiasFieldd("image", coeff_range=(0.0, 0.3), prob=0.3),
+                      RandGaussianNoised("image", std=0.03, prob=0.3)]
         steps += [
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),

@@ -158,7 +158,8 @@ def train_checkpoint(out: PathLike, *, phantom: str | None = None, shape: Sequen
 
 def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike], names: PathLike, out: PathLike, *,
                           encoder: str = "tiny", context: int = 16, intensity: dict[str, Any] | None = None,
-                          steps: int = 300, plan: TrainingPlan = TrainingPlan(),
+                          steps: int = 300, slices: bool = False, augment: bool = True, any_contrast: bool = False,
+                          plan: TrainingPlan = TrainingPlan(),
                           options: RunOptions = RunOptions()) -> tuple[Path, float]:
     """Train a text-prompted localizer on label maps and organ names and save it to `out`.
 
@@ -167,8 +168,12 @@ def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike]
         out: the localizer checkpoint path (.pt).
         encoder: `tiny` or `sentence-transformers[:FOLDER_OR_PACKAGE]`.
         context: the number of CoOp context vectors.
-        intensity: the normalisation, as for `train_checkpoint`.
+        intensity: the normalisation, as for `train_checkpoint` (with `any_contrast`, default `equalize`).
         steps: optimiser steps.
+        slices: train a 2D localizer on the volumes' axial slices (in RAS+); it runs slice by slice on a volume.
+        augment: seeded intensity and small affine augmentations (never flips: left and right organs differ).
+        any_contrast: also remap the contrast at random, so that a localizer trained on one modality (CT) finds
+            the organs on another (MR) by shape and position (`segxai.models.contrast`).
         plan: its checkpoint interval and resume flag (the state is kept in `<out>.state`).
         options: seed and progress.
     Returns:
@@ -179,11 +184,17 @@ def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike]
 
     check_output_file(out, [*images, *labels, names])
     cases = read_labelled(images, labels)
-    arrays = [canonical_arrays(case) for case in cases]
+    arrays = [canonical_arrays(case)[:2] for case in cases]
+    if slices:
+        if any(case.image.spatial_dims != 3 for case in cases):
+            raise SegxaiError("--slices trains on the axial slices of volumes; these images are 2D already")
+        arrays = [(image[..., z], labels[..., z]) for image, labels in arrays for z in range(image.shape[-1])]
+    if any_contrast and intensity is None:
+        intensity = {"kind": "equalize"}
     localizer = train_localizer(
         [a[0] for a in arrays], [a[1] for a in arrays], read_names(names), build_encoder(encoder),
-        n_context=context, intensity=intensity, steps=steps, seed=options.seed, saving=plan.resumable(out),
-        progress=options.progress,
+        n_context=context, intensity=intensity, steps=steps, augment=augment, contrast=any_contrast,
+        seed=options.seed, saving=plan.resumable(out), progress=options.progress,
     )
     if any(oriented(case) for case in cases):
         localizer.config["orientation"] = CANONICAL  # predict() turns every volume to RAS+ as in training
