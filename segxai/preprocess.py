@@ -13,12 +13,10 @@ def normalize_intensity(image: np.ndarray, spec: dict[str, Any] | None) -> np.nd
 
     Kinds: {"kind": "window", "low": L, "high": H} clips to [L, H] and scales to [0, 1] (CT in HU);
     {"kind": "zscore_nonzero"} z-scores each channel over its non-zero voxels (skull-stripped MRI);
-    {"kind": "scale", "factor": f} multiplies (8-bit photos: 1/255); {"kind": "percentile", "low": 1, "high": 99}
-    maps each channel's own percentiles to [0, 1] and clips; {"kind": "equalize"} replaces each value by its
-    rank in its channel's histogram (scikit-image's `equalize_hist`, in [0, 1]). The last two assume no units, so
-    one spec reads CT and MR; equalising also spreads the soft-tissue range that a percentile scaling of CT
-    squeezes between air and bone.
-    {"kind": "none"} or None leaves values.
+    {"kind": "scale", "factor": f} multiplies (8-bit photos: 1/255); {"kind": "equalize"} replaces each value by
+    its rank in its channel's histogram (scikit-image's `equalize_hist`, in [0, 1]): it assumes no units, so one
+    spec reads CT and MR, and it spreads the soft-tissue range that a min-max scaling of CT squeezes between air
+    and bone; {"kind": "none"} or None leaves values.
     """
     image = np.asarray(image, dtype=np.float32)
     if not np.isfinite(image).all():  # before a window clips an infinity into range
@@ -43,16 +41,6 @@ def normalize_intensity(image: np.ndarray, spec: dict[str, Any] | None) -> np.nd
                 mean, std = values[inside].mean(), values[inside].std()
                 out[channel][inside] = (values[inside] - mean) / (std if std > 0 else 1.0)
         return out
-    if kind == "percentile":
-        low, high = _number(spec, "low"), _number(spec, "high")
-        if not 0 <= low < high <= 100:
-            raise SegxaiError(f"percentile normalisation needs 0 <= low < high <= 100, got [{low}, {high}]")
-        out = np.zeros_like(image)
-        for channel, values in enumerate(image):
-            bottom, top = np.percentile(values, [low, high])
-            if top > bottom:
-                out[channel] = np.clip((values - bottom) / (top - bottom), 0.0, 1.0)
-        return out
     if kind == "equalize":
         from skimage.exposure import equalize_hist
 
@@ -60,7 +48,8 @@ def normalize_intensity(image: np.ndarray, spec: dict[str, Any] | None) -> np.nd
                          for values in image]).astype(np.float32)
     if kind == "scale":
         return (image * _number(spec, "factor")).astype(np.float32)
-    raise SegxaiError(f"unknown intensity normalisation {kind!r}; use window, zscore_nonzero, percentile, equalize, scale or none")
+    raise SegxaiError(f"unknown intensity normalisation {kind!r}; use window, zscore_nonzero, equalize, scale "
+                      "or none")
 
 
 def _number(spec: dict[str, Any], key: str) -> float:

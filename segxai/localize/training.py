@@ -55,7 +55,7 @@ def train_localizer(
     `n_context`; `class_context` learns one context per class instead of one shared context. `augment` draws
     seeded intensity and small affine changes (no flips: they swap left and right organs); `contrast` also remaps
     the contrast at random (`segxai.models.contrast`), so that a localizer trained on one modality (CT) reads
-    another (MR) by shape and position; pair it with a `percentile` intensity spec. `saving` keeps the
+    another (MR) by shape and position; pair it with the `equalize` intensity spec. `saving` keeps the
     training state every few steps and resumes from it (`segxai.models.loop.Resumable`).
     """
     from monai.losses import DiceLoss

@@ -14,7 +14,7 @@ class RandContrastRemap(RandomizableTransform):
     curve whose 2 to 5 control values are drawn independently in [0, 1] (so the curve may invert or fold the
     contrast: fat bright or dark, organs above or below their surroundings), then back to that range."""
 
-    def __init__(self, prob: float = 0.9, points: tuple[int, int] = (2, 5)) -> None:
+    def __init__(self, prob: float = 0.5, points: tuple[int, int] = (2, 5)) -> None:
         RandomizableTransform.__init__(self, prob)
         self.points = points
         self.curve: np.ndarray | None = None
@@ -31,7 +31,6 @@ class RandContrastRemap(RandomizableTransform):
             return image
         x = torch.as_tensor(image).float()
         out = x.clone()
-        reference = torch.linspace(0.0, 1.0, len(self.curve))
         values = torch.as_tensor(self.curve, dtype=torch.float32)
         for channel, plane in enumerate(x):
             low, high = plane.min(), plane.max()
@@ -42,10 +41,11 @@ class RandContrastRemap(RandomizableTransform):
                 out[channel] = low + (high - low) * curve
         return out
 
+
 class RandContrastRemapd(RandomizableTransform, MapTransform):
     """`RandContrastRemap` on the images under `keys`."""
 
-    def __init__(self, keys: str | Sequence[str], prob: float = 0.9) -> None:
+    def __init__(self, keys: str | Sequence[str], prob: float = 0.5) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, 1.0)
         self.remap = RandContrastRemap(prob)
