@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/localize_mr.py --out benchmarks/results
 
-Trains through the command line's own path (`segxai localize train --slices [--any-contrast]` on the CT file and its
-label map, as stored: RAS+ turn, axial slices), then runs `segxai localize predict`'s path on the MR file and
+Trains through the command line's own path (`segxai localize train --slices --preset unet2d-deep [--any-contrast]`
+on the CT file and its label map, as stored: RAS+ turn, axial slices), then runs `segxai localize predict`'s path on the MR file and
 compares the ROI (probability >= 0.5, no margin) with the MR's own label map (TotalSegmentator outputs, not manual
 ground truth; see the data's SOURCE.md). The CT is stored diag(+3,+3,+3), the MR diag(-3,-3,+3): without the RAS+
 turn the MR would reach the localizer mirrored. Both localizers (with and without `--any-contrast`) share seed
@@ -26,7 +26,7 @@ import torch
 from segxai.data.shared import require_shared
 from segxai.io import load_image
 from segxai.pipelines.options import RunOptions
-from segxai.pipelines.training import localize_file, train_localizer_files
+from segxai.pipelines.training import TrainingPlan, localize_file, train_localizer_files
 
 ORGANS = {1: "spleen", 2: "right kidney", 3: "left kidney", 5: "liver"}
 
@@ -55,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="unet2d-deep", help="the localizer's U-Net (unet2d: the small one)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -70,7 +71,8 @@ def main() -> None:
             localizer, _ = train_localizer_files(
                 [scans["CT"][0]], [scans["CT"][1]], folder / "names.json", folder / f"loc{any_contrast}.pt",
                 steps=args.steps, slices=True, any_contrast=any_contrast,
-                intensity={"kind": "equalize"}, options=RunOptions(seed=args.seed, progress=False))
+                intensity={"kind": "equalize"}, plan=TrainingPlan(preset=args.preset),
+                options=RunOptions(seed=args.seed, progress=False))
             seconds = time.perf_counter() - start
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # an organ the localizer misses falls back with a warning
@@ -87,8 +89,8 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"Localizer trained on the TotalSegmentator CT's axial slices (tiny encoder, equalised intensities, "
-             f"{args.steps} steps, seed {args.seed}), ROI = probability >= 0.5 without margin, Dice against each "
+    lines = [f"Localizer trained on the TotalSegmentator CT's axial slices ({args.preset}, tiny encoder, equalised "
+             f"intensities, {args.steps} steps, seed {args.seed}), ROI = probability >= 0.5 without margin, Dice against each "
              "scan's own label map.", "",
              "| --any-contrast | scan | prompt | Dice | left kidney ROI left of right kidney ROI | training s |",
              "|---|---|---|---|---|---|"]

@@ -12,9 +12,10 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from segxai.cli_args import ints, json_option, margin_value, natural, positive, seed_value, unit_value
+from segxai.cli_args import (Parser, ints, json_option, margin_value, natural, positive, preset_argument, seed_value,
+                             unit_value)
 from segxai.errors import SegxaiError
 
 if TYPE_CHECKING:
@@ -27,11 +28,12 @@ ROI_HELP = ("none | box:START:SIZE | box:CORNER,SIDE | mask:FILE[+M] | reference
 
 def build_parser() -> argparse.ArgumentParser:
     from segxai.methods import describe_methods
+    from segxai.models.augment import AUGMENTATIONS
     from segxai.targets import VOXEL_ORDER
 
     methods = describe_methods()
     method_list = "\n".join(f"  {name:22s}{summary}" for name, summary in methods.items())
-    parser = _Parser(prog="segxai", description="Explain medical image segmentation models.")
+    parser = Parser(prog="segxai", description="Explain medical image segmentation models.")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -56,13 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--spacing", default=None, help="resample volumes to this voxel size in mm, e.g. 3,3,3")
     train.add_argument("--val-fraction", type=unit_value, default=0.2,
                        help="share of the cases held out for validation Dice (at least one from 3 cases on)")
-    train.add_argument("--no-augment", action="store_true",
-                       help="no seeded flips (2D), intensity and small affine augmentations")
+    train.add_argument("--augment", choices=AUGMENTATIONS, default="light",
+                       help="seeded; light: flips (2D), intensity, small affine; strong: also 90-degree turns, "
+                            "a larger affine, gamma and noise (small sets of photographs)")
+    preset_argument(train, "unet2d or unet3d by the images' dimension")
     train.add_argument("--checkpoint-every", type=natural, default=0, metavar="N",
                        help="write the checkpoint and the training state (OUT.state) every N steps (0: only at the end)")
     train.add_argument("--resume", action="store_true",
                        help="continue from OUT.state (same settings; same final weights as an uninterrupted run)")
     train.add_argument("--steps", type=positive, default=300, help="optimiser steps")
+    train.add_argument("--batch-size", type=positive, default=4, help="cases per optimiser step")
     train.add_argument("--seed", type=seed_value, default=0, help="seed of every random draw")
     train.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (a heartbeat line instead)")
@@ -157,15 +162,6 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with segxai's one error line: the usage, then `segxai: error: ...`, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        command = self.prog.removeprefix("segxai").strip()
-        self.exit(2, f"segxai: error: {command + ': ' if command else ''}{message}\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status: 0 done, 2 bad input (one `segxai: error:` line), 1 a run with
     failed cases or an unexpected error (one line asking for a report; `--debug` shows the traceback), 130
@@ -173,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as stop:  # --help, or a bad flag already reported by _Parser.error
+    except SystemExit as stop:  # --help, or a bad flag already reported by Parser.error
         return stop.code if isinstance(stop.code, int) else 2
     command = "segxai " + " ".join(shlex.quote(a) for a in argv)
     try:
@@ -216,12 +212,13 @@ def _train(args: argparse.Namespace, command: str) -> None:
     plan = TrainingPlan(
         size=None if args.size is None else ints(args.size, "--size", "128,128", 1),
         spacing=None if args.spacing is None else ints(args.spacing, "--spacing", "3,3,3", 1e-3, float),
-        val_fraction=args.val_fraction, augment=not args.no_augment, checkpoint_every=args.checkpoint_every,
+        val_fraction=args.val_fraction, augment=args.augment, preset=args.preset,
+        checkpoint_every=args.checkpoint_every,
         resume=args.resume)
     result = train_checkpoint(
         args.out, phantom=args.phantom, shape=ints(args.shape, "--shape", "64,64,32", 1), images=args.images,
         labels=args.labels, names=args.names, intensity=json_option(args.intensity, "--intensity"), steps=args.steps,
-        plan=plan, options=_options(args))
+        batch_size=args.batch_size, plan=plan, options=_options(args))
     dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items()) or "no validation cases"
     loss = f"; final loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"checkpoint: {result.path}{loss}; validation Dice: {dice}")
@@ -410,6 +407,7 @@ def _localize_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--no-augment", action="store_true", help="no intensity and affine augmentation (never flips)")
     fit.add_argument("--any-contrast", action="store_true",
                      help="also remap the contrast at random, so a localizer trained on CT reads MR (by shape)")
+    preset_argument(fit, "unet2d with --slices or for 2D images, else unet3d")
     fit.add_argument("--context", type=positive, default=16, help="number of CoOp context vectors M")
     fit.add_argument("--steps", type=positive, default=300, help="optimiser steps (default 300)")
     fit.add_argument("--seed", type=seed_value, default=0)
@@ -439,7 +437,8 @@ def _localize(args: argparse.Namespace, command: str) -> None:
         args.images, args.labels, args.names, args.out, encoder=args.encoder, context=args.context,
         intensity=json_option(args.intensity, "--intensity"), steps=args.steps, slices=args.slices,
         augment=not args.no_augment, any_contrast=args.any_contrast,
-        plan=TrainingPlan(checkpoint_every=args.checkpoint_every, resume=args.resume), options=_options(args))
+        plan=TrainingPlan(preset=args.preset, checkpoint_every=args.checkpoint_every, resume=args.resume),
+        options=_options(args))
     print(f"localizer: {path}; final training loss {loss:.3f}")
 
 

@@ -1,13 +1,23 @@
-"""The command line's argument types and value parsers: each bad value is refused with one line naming the
-flag, what it allows and an example (the `segxai: error:` line and exit status 2 of `segxai.cli`)."""
+"""The command line's parser class, argument types and value parsers: each bad value is refused with one line
+naming the flag, what it allows and an example (the `segxai: error:` line and exit status 2 of `segxai.cli`)."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from segxai.errors import SegxaiError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with segxai's one error line: the usage, then `segxai: error: ...`, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        command = self.prog.removeprefix("segxai").strip()
+        self.exit(2, f"segxai: error: {command + ': ' if command else ''}{message}\n")
 
 
 def number(kind: type, allowed: str, check: Any) -> Any:
@@ -51,3 +61,11 @@ def ints(text: str, flag: str, example: str, minimum: float, kind: type = int) -
         what = "whole numbers" if kind is int else "numbers"
         raise SegxaiError(f"{flag} takes comma-separated {what} >= {minimum}, e.g. {example}; got {text!r}")
     return values
+
+
+def preset_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """`--preset`: one of the reference MONAI U-Nets of `segxai.models.presets`; None picks `default`."""
+    from segxai.models.presets import PRESETS
+
+    parser.add_argument("--preset", choices=list(PRESETS), default=None,
+                        help=f"the MONAI U-Net (none given: {default})")

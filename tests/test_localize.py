@@ -177,6 +177,9 @@ def test_bad_input_is_a_segxai_error(trained):
     with pytest.raises(SegxaiError, match="same channels"):
         train_localizer([image, np.concatenate([image, image])], [held_out[0].labels] * 2, {1: "liver"},
                         TinyTextEncoder(), steps=1, progress=False)
+    with pytest.raises(SegxaiError, match="'unet3d' is not a 2D network; choose one of unet2d, unet2d-deep"):
+        train_localizer([image], [held_out[0].labels], {1: "liver"}, TinyTextEncoder(), preset="unet3d", steps=1,
+                        progress=False)
 
 
 def test_localizer_training_takes_odd_grids_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
@@ -355,6 +358,27 @@ def test_contrast_remap_is_seeded_and_may_reverse_the_intensity_order():
     assert orders == {True, False}  # some draws turn bright into dark: CT fat is dark, MR fat bright
 
 
+def test_label_paint_is_seeded_and_repaints_only_labelled_structures():
+    from segxai.models.contrast import RandLabelPaint
+
+    image = torch.linspace(0, 1, 256).view(1, 16, 16)
+    labels = torch.zeros(1, 16, 16)
+    labels[0, 2:6, 2:6], labels[0, 9:14, 9:14] = 1, 2
+    paint = RandLabelPaint(prob=1.0)
+    outs = []
+    for seed in (5, 5, 6):
+        paint.set_random_state(seed)
+        outs.append(paint(image, labels))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    background = labels == 0
+    assert torch.equal(outs[0][background], image[background])  # unlabelled tissue keeps its intensities
+    for value in (1, 2):
+        inside = labels == value
+        assert not torch.allclose(outs[0][inside], image[inside])
+        # blended at least halfway towards one level: the structure's own ramp shrinks to half or less
+        assert outs[0][inside].std() <= 0.5 * image[inside].std() + 0.05
+
+
 def test_cli_trains_a_slice_localizer_with_any_contrast_on_volume_files(tmp_path):
     from segxai.cli import main
     from segxai.io import save_array
@@ -364,9 +388,11 @@ def test_cli_trains_a_slice_localizer_with_any_contrast_on_volume_files(tmp_path
     save_array(case.labels, tmp_path / "lab.nii.gz")
     (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
     code = main(["localize", "train", "--images", str(tmp_path / "ct.nii.gz"), "--labels", str(tmp_path / "lab.nii.gz"),
-                 "--names", str(tmp_path / "names.json"), "--slices", "--any-contrast", "--steps", "2",
+                 "--names", str(tmp_path / "names.json"), "--slices", "--any-contrast", "--preset", "unet2d-deep",
+                 "--steps", "2",
                  "--out", str(tmp_path / "loc.pt"), "--no-progress"])
     assert code == 0
     localizer = load_localizer(tmp_path / "loc.pt")
     assert localizer.spatial_dims == 2 and localizer.config["intensity"] == {"kind": "equalize"}
+    assert localizer.config["network"]["channels"] == [16, 32, 64, 128, 256]  # the deep preset
     assert localizer.predict(case.image, "liver").shape == case.image.shape[1:]

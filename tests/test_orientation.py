@@ -72,7 +72,7 @@ def scans(tmp_path_factory):
         labels.append(save_array(phantom.labels.astype(np.uint8), root / f"labels{seed}.nii.gz", like=like))
     (root / "names.json").write_text(json.dumps({"1": "liver", "4": "kidney_left"}))
     assert main(["train", "--images", *map(str, images), "--labels", *map(str, labels), "--names",
-                 str(root / "names.json"), "--steps", "2", "--val-fraction", "0", "--no-augment", "--out",
+                 str(root / "names.json"), "--steps", "2", "--val-fraction", "0", "--augment", "none", "--out",
                  str(root / "model.pt"), "--no-progress"]) == 0
     scan = abdomen_phantom(SHAPE, seed=7).image[0]
     save_array(scan, root / "scan.nii.gz", like=Image(scan[None], AFFINE, "nifti"))

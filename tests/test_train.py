@@ -79,15 +79,52 @@ def test_odd_and_mixed_sizes_train_and_validate_on_their_own_grids():
 def test_augmentation_is_seeded_and_changes_training():
     images, labels = small_cases([(32, 32)] * 3)
     runs = [train_segmenter(images, labels, names={1: "a", 2: "b"}, steps=3, augment=augment, seed=1,
-                            progress=False).losses for augment in (True, True, False)]
+                            progress=False).losses for augment in ("light", "light", "none")]
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_strong_augmentation_moves_image_and_labels_together():
+    from segxai.models.augment import Augmenter
+
+    square = torch.zeros(6, 1, 48, 48)
+    square[:, :, 10:30, 14:26] = 1.0
+    augmenter = Augmenter(2, strength="strong")
+    images, labels = augmenter(square, square.long(), seed=7)
+    again, _ = augmenter(square, square.long(), seed=7)
+    assert torch.equal(images, again)
+    moved = [not torch.equal(y, square[0].long()) for y in labels]
+    assert sum(moved) >= 4  # flips, turns and a frequent affine: most pictures change
+    for image, label in zip(images, labels):
+        # intensity changes keep the square brighter than its surroundings; its outline is the label's
+        inside = image[label.bool()].mean() if label.any() else None
+        if inside is not None and (~label.bool()).any():
+            assert inside > image[~label.bool()].mean()
+        threshold = (image.max() + image.min()) / 2
+        mismatch = ((image > threshold) != label.bool()).float().mean()
+        assert mismatch < 0.05
+
+
+def test_bad_augmentation_or_preset_is_a_clear_error():
+    images, labels = small_cases([(32, 32)] * 2)
+    with pytest.raises(SegxaiError, match="unknown augmentation 'heavy'.*none, light, strong"):
+        train_segmenter(images, labels, names={1: "a"}, steps=1, augment="heavy", progress=False)
+    with pytest.raises(SegxaiError, match="'unet3d' is a 3D network but the images are 2D"):
+        train_segmenter(images, labels, names={1: "a"}, steps=1, preset="unet3d", progress=False)
+
+
+def test_the_deep_preset_trains_on_odd_sizes():
+    images, labels = small_cases([(30, 27), (25, 33)])
+    result = train_segmenter(images, labels, names={1: "square"}, steps=2, preset="unet2d-deep",
+                             augment="strong", progress=False)
+    assert result.config["preset"] == "unet2d-deep" and result.config["network"]["strides"] == [2, 2, 2, 2]
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
 
 
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     from segxai.models.loop import Resumable
 
     images, labels = small_cases([(32, 32)] * 3)
-    settings = dict(names={1: "a", 2: "b"}, steps=6, augment=True, seed=3, progress=False)
+    settings = dict(names={1: "a", 2: "b"}, steps=6, augment="strong", seed=3, progress=False)
     whole = train_segmenter(images, labels, **settings)
 
     class Interrupted(Exception):

@@ -44,6 +44,7 @@ def train_localizer(
     lr: float = 3e-3,
     augment: bool = False,
     contrast: bool = False,
+    preset: str | None = None,
     seed: int = 0,
     saving: Resumable = Resumable(),
     progress: bool = True,
@@ -54,9 +55,11 @@ def train_localizer(
     initialises the context from a phrase (then M is its token count) instead of N(0, 0.02^2) with M =
     `n_context`; `class_context` learns one context per class instead of one shared context. `augment` draws
     seeded intensity and small affine changes (no flips: they swap left and right organs); `contrast` also remaps
-    the contrast at random (`segxai.models.contrast`), so that a localizer trained on one modality (CT) reads
-    another (MR) by shape and position; pair it with the `equalize` intensity spec. `saving` keeps the
-    training state every few steps and resumes from it (`segxai.models.loop.Resumable`).
+    the contrast at random and paints labelled structures with random intensities (`segxai.models.contrast`),
+    so that a localizer trained on one modality (CT) reads another (MR) by shape and position; pair it with the
+    `equalize` intensity spec and the `unet2d-deep` preset, whose field of view spans the body. `preset` names
+    the U-Net (`segxai.models.presets`; default `unet2d` or `unet3d` by the images' dimension). `saving` keeps
+    the training state every few steps and resumes from it (`segxai.models.loop.Resumable`).
     """
     from monai.losses import DiceLoss
 
@@ -66,16 +69,20 @@ def train_localizer(
     values = sorted(int(v) for v in names)
     options = [check_prompts(list((prompts or {}).get(v) or [default_prompt(names[v])])) for v in values]
     dims = images[0].ndim - 1
-    preset = PRESETS.get(f"unet{dims}d")
-    if preset is None:
-        raise SegxaiError(f"the localizer takes 2D or 3D images (C, *spatial), got {images[0].ndim - 1} spatial axes")
+    if dims not in (2, 3):
+        raise SegxaiError(f"the localizer takes 2D or 3D images (C, *spatial), got {dims} spatial axes")
+    preset = preset or f"unet{dims}d"
+    network = PRESETS.get(preset)
+    if network is None or network["spatial_dims"] != dims:
+        raise SegxaiError(f"preset {preset!r} is not a {dims}D network; choose one of "
+                          f"{', '.join(name for name, p in PRESETS.items() if p['spatial_dims'] == dims)}")
     config = {
-        "network": {**preset, "in_channels": int(images[0].shape[0]), "out_channels": int(features)},
+        "network": {**network, "in_channels": int(images[0].shape[0]), "out_channels": int(features)},
         "classes": [str(names[v]) for v in values], "labels": values, "prompts": options,
         "n_context": int(n_context), "class_context": bool(class_context), "context_init": context_init,
         "intensity": intensity, "encoder": encoder.spec(), "seed": int(seed),
     }
-    grid = common_grid([i.shape[1:] for i in images], int(np.prod(preset["strides"])))  # any grids: padded at the end
+    grid = common_grid([i.shape[1:] for i in images], int(np.prod(network["strides"])))  # any grids: padded at the end
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         localizer = Localizer(encoder, config)
@@ -108,7 +115,8 @@ def train_localizer(
         schedule.step()
         return float(loss.detach())
 
-    signature = {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "augment": bool(augment),
+    signature = {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "preset": preset,
+                 "augment": bool(augment),
                  "contrast": bool(contrast), "cases": len(images),
                  "labels": values, "prompts": options, "grid": list(grid)}
     loop = Loop({"localizer": localizer, "optimiser": optimiser, "schedule": schedule}, {"draws": rng}, signature,

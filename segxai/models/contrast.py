@@ -1,5 +1,7 @@
-"""A random, non-monotonic contrast remapping (MONAI randomizable transforms), for models that must read a
-modality they were not trained on: MONAI's own histogram shift keeps the intensity order, this one may fold it."""
+"""Random contrasts for models that must read a modality they were not trained on (MONAI randomizable
+transforms): a non-monotonic remapping of the intensities (MONAI's own histogram shift keeps their order, this
+one may fold it) and random intensities painted per labelled structure (the idea of SynthSeg, Billot et al.,
+2023: a network that sees every structure in every contrast learns shapes and positions instead)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -60,4 +62,53 @@ class RandContrastRemapd(RandomizableTransform, MapTransform):
         self.remap.randomize()
         for key in self.key_iterator(out):
             out[key] = self.remap(out[key], randomize=False)
+        return out
+
+
+class RandLabelPaint(RandomizableTransform):
+    """Blend each labelled structure (label value > 0) of the image towards its own random intensity, drawn
+    in the channel's range, with a little random texture; the unlabelled remainder keeps its intensities.
+    The blend weight is drawn per call in [0.5, 1], so organs keep some of their texture."""
+
+    def __init__(self, prob: float = 0.5, texture: float = 0.05) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.texture = texture
+
+    def __call__(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.randomize(None)
+        if not self._do_transform:
+            return image
+        x = torch.as_tensor(image).float()
+        label_map = torch.as_tensor(labels).round().long().reshape(x.shape[1:])
+        values = [int(v) for v in torch.unique(label_map) if v > 0]
+        weight = self.R.uniform(0.5, 1.0)
+        painted = x.clone()
+        noise = torch.from_numpy(self.R.standard_normal(x.shape).astype(np.float32))
+        for channel, plane in enumerate(x):
+            low, high = plane.min(), plane.max()
+            for value in values:
+                inside = label_map == value
+                level = low + (high - low) * (self.R.uniform(0.0, 1.0) + self.texture * noise[channel][inside])
+                painted[channel][inside] = (1 - weight) * plane[inside] + weight * level
+        return painted
+
+
+class RandLabelPaintd(RandomizableTransform, MapTransform):
+    """`RandLabelPaint` on the image under `key`, with the label map under `label_key`."""
+
+    def __init__(self, key: str, label_key: str, prob: float = 0.5) -> None:
+        MapTransform.__init__(self, [key])
+        RandomizableTransform.__init__(self, 1.0)
+        self.label_key = label_key
+        self.paint = RandLabelPaint(prob)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.paint.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: dict) -> dict:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            out[key] = self.paint(out[key], out[self.label_key])
         return out

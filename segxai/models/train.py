@@ -63,7 +63,7 @@ def train_segmenter(
     batch_size: int = 4,
     lr: float = 3e-3,
     seed: int = 0,
-    augment: bool = False,
+    augment: str = "none",
     saving: Resumable = Resumable(),
     on_checkpoint: Callable[[nn.Module, dict[str, Any]], None] | None = None,
     extra_config: dict[str, Any] | None = None,
@@ -81,7 +81,8 @@ def train_segmenter(
         names: label value -> class name of the classes to train.
         preset, intensity, channel_names: the network preset (default by dimension), normalisation, channels.
         steps, batch_size, lr, seed: optimisation.
-        augment: seeded flips (2D), intensity and small affine augmentations (`segxai.models.augment`).
+        augment: "none", "light" (seeded flips in 2D, intensity, small affine) or "strong" (also 90-degree
+            turns, a larger affine, gamma and noise: for small sets of photographs), `segxai.models.augment`.
         saving: training-state file, interval and resume (`segxai.models.loop.Resumable`); a resumed run of the
             same seed ends with the weights of an uninterrupted one.
         on_checkpoint: called with the network and its config at each intermediate save (write a checkpoint).
@@ -103,6 +104,9 @@ def train_segmenter(
         names={int(k): v for k, v in names.items()}, intensity=intensity,
         channel_names=list(channel_names or [f"c{i}" for i in range(images[0].shape[0])]), **(extra_config or {}),
     )
+    if config["network"]["spatial_dims"] != spatial_dims:
+        raise SegxaiError(f"preset {preset!r} is a {config['network']['spatial_dims']}D network but the images are "
+                          f"{spatial_dims}D; choose a unet{spatial_dims}d preset")
     _check_cases(images, labels)
     grid = common_grid([i.shape[1:] for i in images], total_stride(config))
     x_all = torch.from_numpy(np.stack([pad_end(normalize_intensity(i, intensity), grid) for i in images]))
@@ -114,7 +118,7 @@ def train_segmenter(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = one_cycle_schedule(optimiser, lr, steps)
-    augmenter = Augmenter(spatial_dims) if augment else None
+    augmenter = None if augment == "none" else Augmenter(spatial_dims, strength=augment)
 
     def step(_: int) -> float:
         batch = rng.choice(len(x_all), size=min(batch_size, len(x_all)), replace=False)

@@ -49,13 +49,15 @@ def read_labelled(images: Sequence[PathLike], labels: Sequence[PathLike] | None)
 class TrainingPlan:
     """How file training respects the user's grid and time: resample 2D images to `size` (H, W) or volumes to
     `spacing` (mm per axis), hold out `val_fraction` of the cases (at least one when there are 3 or more) for
-    Dice per class, augment, and save the model and training state every `checkpoint_every` steps so `resume`
-    continues an interrupted run."""
+    Dice per class, augment ("none", "light" or "strong", `segxai.models.augment.Augmenter`), train the network
+    `preset` (default by dimension, `segxai.models.presets`), and save the model and training state every
+    `checkpoint_every` steps so `resume` continues an interrupted run."""
 
     size: tuple[int, ...] | None = None
     spacing: tuple[float, ...] | None = None
     val_fraction: float = 0.2
-    augment: bool = True
+    augment: str = "light"
+    preset: str | None = None
     checkpoint_every: int = 0
     resume: bool = False
 
@@ -113,7 +115,7 @@ def split_cases(count: int, fraction: float, seed: int) -> tuple[list[int], list
 def train_checkpoint(out: PathLike, *, phantom: str | None = None, shape: Sequence[int] = (64, 64, 32),
                      images: Sequence[PathLike] | None = None, labels: Sequence[PathLike] | None = None,
                      names: PathLike | None = None, intensity: dict[str, Any] | None = None, steps: int = 300,
-                     plan: TrainingPlan = TrainingPlan(), options: RunOptions = RunOptions()) -> Trained:
+                     batch_size: int = 4, plan: TrainingPlan = TrainingPlan(), options: RunOptions = RunOptions()) -> Trained:
     """Train a reference MONAI U-Net on seeded phantoms of kind `phantom`, or on image files with label maps
     and a class-names file, and save the checkpoint to `out`.
 
@@ -125,8 +127,8 @@ def train_checkpoint(out: PathLike, *, phantom: str | None = None, shape: Sequen
         images, labels, names: training files, one label map per image (any grids), the names JSON file (only
             the classes it names are trained).
         intensity: the normalisation (e.g. `{"kind": "window", "low": -200, "high": 700}`).
-        steps: optimiser steps.
-        plan: resampling, validation split, augmentation, checkpointing and resuming (files only).
+        steps, batch_size: optimiser steps and cases per step.
+        plan: resampling, validation split, augmentation, network preset, checkpointing and resuming (files only).
         options: seed and progress.
     Returns:
         The checkpoint path and the validation Dice.
@@ -139,7 +141,8 @@ def train_checkpoint(out: PathLike, *, phantom: str | None = None, shape: Sequen
     if phantom is not None:
         if intensity is not None:
             raise SegxaiError("--intensity applies to training on --images; phantoms have their own normalisation")
-        result = train_on_phantoms(phantom, tuple(shape), steps=steps, seed=options.seed, progress=options.progress)
+        result = train_on_phantoms(phantom, tuple(shape), steps=steps, seed=options.seed, progress=options.progress,
+                                   preset=plan.preset, batch_size=batch_size)
     else:
         if not images or not names:
             raise SegxaiError("--images needs --labels (one per image, same order) and --names")
@@ -149,8 +152,9 @@ def train_checkpoint(out: PathLike, *, phantom: str | None = None, shape: Sequen
         result = train_segmenter(
             [arrays[i] for i in train], [maps[i] for i in train], names=read_names(names),
             val_images=[arrays[i] for i in val], val_labels=[maps[i] for i in val], intensity=intensity,
-            channel_names=cases[0].image.channel_names, steps=steps, seed=options.seed,
-            augment=plan.augment, saving=plan.resumable(out), extra_config=extra, progress=options.progress,
+            channel_names=cases[0].image.channel_names, steps=steps, batch_size=batch_size, seed=options.seed,
+            augment=plan.augment, preset=plan.preset, saving=plan.resumable(out), extra_config=extra,
+            progress=options.progress,
             on_checkpoint=lambda net, config: save_checkpoint(out, net, config),
         )
     return Trained(save_checkpoint(out, result.net, result.config), dict(result.dice), list(result.losses))
@@ -172,9 +176,10 @@ def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike]
         steps: optimiser steps.
         slices: train a 2D localizer on the volumes' axial slices (in RAS+); it runs slice by slice on a volume.
         augment: seeded intensity and small affine augmentations (never flips: left and right organs differ).
-        any_contrast: also remap the contrast at random, so that a localizer trained on one modality (CT) finds
-            the organs on another (MR) by shape and position (`segxai.models.contrast`).
-        plan: its checkpoint interval and resume flag (the state is kept in `<out>.state`).
+        any_contrast: also remap the contrast at random and paint labelled structures with random intensities,
+            so that a localizer trained on one modality (CT) finds the organs on another (MR) by shape and
+            position (`segxai.models.contrast`).
+        plan: the network preset, its checkpoint interval and resume flag (the state is kept in `<out>.state`).
         options: seed and progress.
     Returns:
         The checkpoint path and the final training loss.
@@ -194,7 +199,7 @@ def train_localizer_files(images: Sequence[PathLike], labels: Sequence[PathLike]
     localizer = train_localizer(
         [a[0] for a in arrays], [a[1] for a in arrays], read_names(names), build_encoder(encoder),
         n_context=context, intensity=intensity, steps=steps, augment=augment, contrast=any_contrast,
-        seed=options.seed, saving=plan.resumable(out), progress=options.progress,
+        preset=plan.preset, seed=options.seed, saving=plan.resumable(out), progress=options.progress,
     )
     if any(oriented(case) for case in cases):
         localizer.config["orientation"] = CANONICAL  # predict() turns every volume to RAS+ as in training
