@@ -120,11 +120,23 @@ def test_the_deep_preset_trains_on_odd_sizes():
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
 
 
+def test_dropout_is_seeded_whatever_the_global_rng_and_leaves_it_untouched():
+    images, labels = small_cases([(32, 32)] * 2)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        runs.append(train_segmenter(images, labels, names={1: "a"}, steps=3, preset="unet2d-deep", seed=0,
+                                    progress=False).losses)
+        assert torch.equal(torch.get_rng_state(), before)
+    assert runs[0] == runs[1]  # the same process and batches: dropout masks come from the seed alone
+
+
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     from segxai.models.loop import Resumable
 
     images, labels = small_cases([(32, 32)] * 3)
-    settings = dict(names={1: "a", 2: "b"}, steps=6, augment="strong", seed=3, progress=False)
+    settings = dict(names={1: "a", 2: "b"}, steps=6, augment="strong", preset="unet2d-deep", seed=3, progress=False)
     whole = train_segmenter(images, labels, **settings)
 
     class Interrupted(Exception):

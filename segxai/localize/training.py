@@ -120,6 +120,7 @@ def train_localizer(
                  "contrast": bool(contrast), "cases": len(images),
                  "labels": values, "prompts": options, "grid": list(grid)}
     loop = Loop({"localizer": localizer, "optimiser": optimiser, "schedule": schedule}, {"draws": rng}, signature,
+                global_rng=torch.Generator().manual_seed(seed),
                 losses=localizer.history)
     run_loop(loop, step, steps, saving, progress=progress, desc="training localizer")
     localizer.eval()

@@ -8,9 +8,10 @@ from the saved generators, a resumed run of the same seed ends with the weights 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -41,13 +42,20 @@ class Resumable:
 class Loop:
     """The stateful parts of a training run: modules, optimisers and schedules (`parts`, anything with
     `state_dict`/`load_state_dict`), random generators (`rngs`) and a `signature` of the settings that must
-    match for a run to continue another (seed, steps, data sizes, ...)."""
+    match for a run to continue another (seed, steps, data sizes, ...). During each step torch's global
+    generator (dropout draws from it) runs from `global_rng`'s state, so those draws are seeded and resumed too
+    and the caller's global state is left as it was."""
 
     parts: Mapping[str, Any]
     rngs: Mapping[str, np.random.Generator | torch.Generator]
     signature: dict[str, Any]
     losses: list[float] = field(default_factory=list)
     step: int = 0
+    global_rng: torch.Generator | None = None
+
+    def generators(self) -> dict[str, np.random.Generator | torch.Generator]:
+        """Every generator whose state a saved training state keeps."""
+        return {**self.rngs, **({"torch global": self.global_rng} if self.global_rng is not None else {})}
 
 
 def run_loop(loop: Loop, train_step: Callable[[int], float], steps: int, saving: Resumable = Resumable(), *,
@@ -70,7 +78,8 @@ def run_loop(loop: Loop, train_step: Callable[[int], float], steps: int, saving:
     status = lambda: "" if not loop.losses else f"loss {np.mean(loop.losses[-10:]):.4f}"
     for step in progress_bar(range(loop.step, steps), enabled=progress, total=steps, initial=loop.step, desc=desc,
                              status=status):
-        loop.losses.append(float(train_step(step)))
+        with _global_torch_rng(loop.global_rng):
+            loop.losses.append(float(train_step(step)))
         loop.step = step + 1
         if saving.every and (loop.step % saving.every == 0 or loop.step == steps):
             save_state(loop, saving.path)
@@ -88,7 +97,7 @@ def save_state(loop: Loop, path: str | Path) -> Path:
     payload = {
         "format": STATE_FORMAT, "signature": json.dumps(loop.signature, sort_keys=True), "step": loop.step,
         "losses": list(loop.losses), "parts": {name: part.state_dict() for name, part in loop.parts.items()},
-        "rngs": {name: _rng_state(rng) for name, rng in loop.rngs.items()},
+        "rngs": {name: _rng_state(rng) for name, rng in loop.generators().items()},
     }
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
@@ -109,9 +118,22 @@ def restore(loop: Loop, path: str | Path) -> None:
                           "run with the same settings, or remove it / drop --resume to start afresh")
     for name, part in loop.parts.items():
         part.load_state_dict(payload["parts"][name])
-    for name, rng in loop.rngs.items():
+    for name, rng in loop.generators().items():
         _set_rng_state(rng, payload["rngs"][name])
     loop.step, loop.losses[:] = int(payload["step"]), [float(v) for v in payload["losses"]]
+
+
+@contextmanager
+def _global_torch_rng(generator: torch.Generator | None) -> Iterator[None]:
+    """Run the block with torch's global CPU generator in `generator`'s state, then store the advanced state
+    back in `generator` and restore the global one (nothing changes without a generator)."""
+    if generator is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(generator.get_state())
+        yield
+        generator.set_state(torch.get_rng_state())
 
 
 def _rng_state(rng: np.random.Generator | torch.Generator) -> Any:

@@ -140,7 +140,8 @@ def train_segmenter(
 
     signature = {"preset": preset, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
                  "augment": augment, "cases": len(images), "grid": list(grid), "classes": sorted(config["names"])}
-    loop = Loop({"net": net, "optimiser": optimiser, "schedule": schedule}, {"batches": rng}, signature)
+    loop = Loop({"net": net, "optimiser": optimiser, "schedule": schedule}, {"batches": rng}, signature,
+                global_rng=torch.Generator().manual_seed(seed))
     losses = run_loop(loop, step, steps, saving, on_checkpoint=checkpoint, progress=progress, desc=f"training {preset}")
     net.eval()
     config["training"] = {"steps": steps, "seed": seed, "augment": augment, "cases": len(images),
