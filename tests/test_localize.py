@@ -177,7 +177,7 @@ def test_bad_input_is_a_segxai_error(trained):
     with pytest.raises(SegxaiError, match="same channels"):
         train_localizer([image, np.concatenate([image, image])], [held_out[0].labels] * 2, {1: "liver"},
                         TinyTextEncoder(), steps=1, progress=False)
-    with pytest.raises(SegxaiError, match="'unet3d' is not a 2D network; choose one of unet2d, unet2d-deep"):
+    with pytest.raises(SegxaiError, match="'unet3d' is a 3D network but the images are 2D; choose one of unet2d, unet2d-deep"):
         train_localizer([image], [held_out[0].labels], {1: "liver"}, TinyTextEncoder(), preset="unet3d", steps=1,
                         progress=False)
 

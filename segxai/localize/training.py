@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from segxai.models.presets import PRESETS
+from segxai.models.presets import PRESETS, preset_for
 from segxai.errors import SegxaiError
 from segxai.localize.model import Localizer
 from segxai.localize.text import TextEncoder, check_prompts
@@ -71,11 +71,8 @@ def train_localizer(
     dims = images[0].ndim - 1
     if dims not in (2, 3):
         raise SegxaiError(f"the localizer takes 2D or 3D images (C, *spatial), got {dims} spatial axes")
-    preset = preset or f"unet{dims}d"
-    network = PRESETS.get(preset)
-    if network is None or network["spatial_dims"] != dims:
-        raise SegxaiError(f"preset {preset!r} is not a {dims}D network; choose one of "
-                          f"{', '.join(name for name, p in PRESETS.items() if p['spatial_dims'] == dims)}")
+    preset = preset_for(preset, dims)
+    network = PRESETS[preset]
     config = {
         "network": {**network, "in_channels": int(images[0].shape[0]), "out_channels": int(features)},
         "classes": [str(names[v]) for v in values], "labels": values, "prompts": options,

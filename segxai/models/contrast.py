@@ -44,24 +44,32 @@ class RandContrastRemap(RandomizableTransform):
         return out
 
 
-class RandContrastRemapd(RandomizableTransform, MapTransform):
-    """`RandContrastRemap` on the images under `keys`."""
+class _Keyed(RandomizableTransform, MapTransform):
+    """A dictionary version of one array transform (`self.inner`) on the images under `keys`: seeding it seeds
+    the inner transform, as MONAI's Compose seeds each of its steps."""
 
-    def __init__(self, keys: str | Sequence[str], prob: float = 0.5) -> None:
+    def __init__(self, keys: str | Sequence[str], inner: RandomizableTransform) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, 1.0)
-        self.remap = RandContrastRemap(prob)
+        self.inner = inner
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)
-        self.remap.set_random_state(seed, state)
+        self.inner.set_random_state(seed, state)
         return self
+
+
+class RandContrastRemapd(_Keyed):
+    """`RandContrastRemap` on the images under `keys` (one curve for all of them)."""
+
+    def __init__(self, keys: str | Sequence[str], prob: float = 0.5) -> None:
+        super().__init__(keys, RandContrastRemap(prob))
 
     def __call__(self, data: dict) -> dict:
         out = dict(data)
-        self.remap.randomize()
+        self.inner.randomize()
         for key in self.key_iterator(out):
-            out[key] = self.remap(out[key], randomize=False)
+            out[key] = self.inner(out[key], randomize=False)
         return out
 
 
@@ -93,22 +101,15 @@ class RandLabelPaint(RandomizableTransform):
         return painted
 
 
-class RandLabelPaintd(RandomizableTransform, MapTransform):
+class RandLabelPaintd(_Keyed):
     """`RandLabelPaint` on the image under `key`, with the label map under `label_key`."""
 
     def __init__(self, key: str, label_key: str, prob: float = 0.5) -> None:
-        MapTransform.__init__(self, [key])
-        RandomizableTransform.__init__(self, 1.0)
+        super().__init__([key], RandLabelPaint(prob))
         self.label_key = label_key
-        self.paint = RandLabelPaint(prob)
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        super().set_random_state(seed, state)
-        self.paint.set_random_state(seed, state)
-        return self
 
     def __call__(self, data: dict) -> dict:
         out = dict(data)
         for key in self.key_iterator(out):
-            out[key] = self.paint(out[key], out[self.label_key])
+            out[key] = self.inner(out[key], out[self.label_key])
         return out

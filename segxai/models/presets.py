@@ -25,6 +25,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_for(preset: str | None, spatial_dims: int) -> str:
+    """The preset to train on images with `spatial_dims` axes: `preset`, checked, or `unet2d`/`unet3d`."""
+    preset = preset or f"unet{spatial_dims}d"
+    fitting = [name for name, params in PRESETS.items() if params["spatial_dims"] == spatial_dims]
+    if preset not in PRESETS:
+        raise SegxaiError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if preset not in fitting:
+        raise SegxaiError(f"preset {preset!r} is a {PRESETS[preset]['spatial_dims']}D network but the images are "
+                          f"{spatial_dims}D; choose one of {', '.join(fitting)}")
+    return preset
+
+
 def network_config(preset: str, in_channels: int, out_channels: int, **extra: Any) -> dict[str, Any]:
     """A full configuration for `preset`, with data-specific fields (`names`, `intensity`, ...) in `extra`."""
     if preset not in PRESETS:

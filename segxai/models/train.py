@@ -10,7 +10,7 @@ from torch import nn
 
 from segxai.models.augment import Augmenter, common_grid, pad_end
 from segxai.models.loop import Loop, Resumable, run_loop
-from segxai.models.presets import build_network, network_config, total_stride
+from segxai.models.presets import build_network, network_config, preset_for, total_stride
 from segxai.errors import SegxaiError
 from segxai.preprocess import normalize_intensity
 
@@ -98,15 +98,12 @@ def train_segmenter(
     if not names:
         raise SegxaiError("names must map at least one label value to a class name")
     spatial_dims = images[0].ndim - 1
-    preset = preset or f"unet{spatial_dims}d"
+    preset = preset_for(preset, spatial_dims)
     config = network_config(
         preset, in_channels=int(images[0].shape[0]), out_channels=max(int(k) for k in names) + 1,
         names={int(k): v for k, v in names.items()}, intensity=intensity,
         channel_names=list(channel_names or [f"c{i}" for i in range(images[0].shape[0])]), **(extra_config or {}),
     )
-    if config["network"]["spatial_dims"] != spatial_dims:
-        raise SegxaiError(f"preset {preset!r} is a {config['network']['spatial_dims']}D network but the images are "
-                          f"{spatial_dims}D; choose a unet{spatial_dims}d preset")
     _check_cases(images, labels)
     grid = common_grid([i.shape[1:] for i in images], total_stride(config))
     x_all = torch.from_numpy(np.stack([pad_end(normalize_intensity(i, intensity), grid) for i in images]))
